@@ -14,7 +14,11 @@ Conventions (used everywhere in e3elastic):
   ``[2:12]`` (two 2e), ``[12:21]`` (4e). The basis is orthonormal, so the Frobenius norm
   of C equals the Euclidean norm of its irreps.
 
-Every function accepts leading batch axes. Invalid input raises ``ValueError``.
+Every function accepts leading batch axes. Invalid input (wrong shape, missing index
+symmetry, NaN or inf) raises ``ValueError``. A singular stiffness has no compliance:
+:func:`compliance_voigt` raises, while the derived properties report NaN for the
+quantities that need it (Reuss bounds, Hill averages, directional moduli) so that one such
+tensor in a batch does not spoil the others.
 
 >>> import numpy as np
 >>> C = voigt_to_cartesian(isotropic_voigt(bulk=100.0, shear=50.0))
@@ -204,11 +208,30 @@ def mandel_to_voigt(C_mandel) -> np.ndarray:
     return m / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
 
 
+_MAX_CONDITION = 1e14
+
+
+def _singular(m: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        cond = np.linalg.cond(m)
+    return ~np.isfinite(cond) | (cond > _MAX_CONDITION)
+
+
 def _inverse(m: np.ndarray, what: str) -> np.ndarray:
-    cond = np.linalg.cond(m)
-    if np.any(~np.isfinite(cond)) or np.any(cond > 1e14):
-        raise ValueError(f"{what} is singular (condition number {np.max(cond):.3g})")
+    bad = _singular(m)
+    if np.any(bad):
+        where = ""
+        if m.ndim > 2:
+            where = f" at batch index {tuple(int(i) for i in np.argwhere(bad)[0])}"
+        raise ValueError(f"{what} is singular{where}; its compliance does not exist")
     return np.linalg.inv(m)
+
+
+def _inverse_or_nan(m: np.ndarray) -> np.ndarray:
+    """Inverse of each matrix; all-NaN for singular ones, so one bad tensor spoils no other."""
+    bad = _singular(m)
+    safe = np.where(bad[..., None, None], np.eye(m.shape[-1]), m)
+    return np.where(bad[..., None, None], np.nan, np.linalg.inv(safe))
 
 
 def compliance_voigt(C) -> np.ndarray:
@@ -224,9 +247,12 @@ def compliance_voigt(C) -> np.ndarray:
 def compliance_cartesian(C) -> np.ndarray:
     """Compliance ``S_ijkl`` (1/GPa) with ``S_ijkl C_klmn = (d_im d_jn + d_in d_jm) / 2``."""
     v = _any_to_voigt(C)
-    s_mandel = _inverse(voigt_to_mandel(v), "elastic tensor")
-    s_voigt_plain = s_mandel / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
-    return voigt_to_cartesian(s_voigt_plain)
+    return _compliance_cartesian(_inverse(voigt_to_mandel(v), "elastic tensor"))
+
+
+def _compliance_cartesian(s_mandel: np.ndarray) -> np.ndarray:
+    s_plain = s_mandel / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
+    return s_plain[..., _PAIR_TO_VOIGT[:, :, None, None], _PAIR_TO_VOIGT[None, None, :, :]]
 
 
 # --------------------------------------------------------------------------------------
@@ -421,8 +447,9 @@ def isotropic_voigt(bulk: float, shear: float) -> np.ndarray:
 
 
 def _voigt_and_compliance(C) -> tuple[np.ndarray, np.ndarray]:
+    """Voigt C and Voigt S; S is NaN for singular C (Reuss bounds are then undefined)."""
     v = _any_to_voigt(C)
-    return v, _inverse(v, "elastic tensor")
+    return v, _inverse_or_nan(v)
 
 
 def _kg(v: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
@@ -503,7 +530,7 @@ def directional_youngs_modulus(C, n) -> np.ndarray:
 
     ``C`` has batch shape B, ``n`` has shape (..., 3); the result has shape B + n.shape[:-1].
     """
-    S = compliance_cartesian(C)
+    S = _compliance_cartesian(_inverse_or_nan(voigt_to_mandel(_any_to_voigt(C))))
     u = _unit_vectors(n)
     nb = S.ndim - 4
     S = S.reshape(S.shape[:nb] + (1,) * (u.ndim - 1) + (3, 3, 3, 3))
@@ -516,7 +543,7 @@ def linear_compressibility(C, n) -> np.ndarray:
     Shapes as in :func:`directional_youngs_modulus`. Negative values mean the crystal
     expands along n under hydrostatic pressure.
     """
-    S = compliance_cartesian(C)
+    S = _compliance_cartesian(_inverse_or_nan(voigt_to_mandel(_any_to_voigt(C))))
     u = _unit_vectors(n)
     nb = S.ndim - 4
     Sk = np.einsum("...ijkk->...ij", S)

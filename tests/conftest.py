@@ -1,0 +1,87 @@
+"""Shared fixtures: the real-data folder, and reproducible random tensors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """Data folder: $E3ELASTIC_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("E3ELASTIC_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def require_data(name: str | None = None) -> Path:
+    """Return the data folder (or one file in it), or skip the test with the reason."""
+    d = data_dir()
+    if not d.is_dir():
+        pytest.skip(f"real-data test: data folder {d} is absent (set E3ELASTIC_DATA)")
+    if name is not None:
+        f = d / name
+        if not f.is_file():
+            pytest.skip(f"real-data test: {f} is absent")
+        return f
+    return d
+
+
+def real_voigt_tensors() -> dict[str, np.ndarray]:
+    """Every 6x6 Voigt tensor (GPa) in the real data files, read directly from the raw JSON.
+
+    Independent of e3elastic.data on purpose: the tensor tests must not depend on it.
+    Keys are '<source>:<id>'.
+    """
+    d = require_data()
+    out: dict[str, np.ndarray] = {}
+    f = d / "matminer_elastic_tensor_2015.json.gz"
+    if f.is_file():
+        raw = json.load(gzip.open(f))
+        col = raw["columns"].index("elastic_tensor")
+        idc = raw["columns"].index("material_id")
+        for row in raw["data"]:
+            out[f"matminer:{row[idc]}"] = np.array(row[col]["data"], dtype=float)
+    f = d / "strainnet_mp_val_clean.json.gz"
+    if f.is_file():
+        raw = json.load(gzip.open(f))
+        for mid, t in raw["elasticity.elastic_tensor"].items():
+            out[f"strainnet:{mid}"] = np.array(t, dtype=float)
+    f = d / "matten_example_crystal_elasticity_tensor_n100.json.gz"
+    if f.is_file():
+        raw = json.load(gzip.open(f))
+        for k, t in raw["elastic_tensor_voigt"].items():
+            out[f"matten:{k}"] = np.array(t, dtype=float)
+    f = d / "coudert_zeolites_sio2_b3lyp_d2_combined.json.gz"
+    if f.is_file():
+        for e in json.load(gzip.open(f)):
+            out[f"zeolite:{e['framework']}"] = np.array(e["elastic_tensor_voigt_GPa"], float)
+    if not out:
+        pytest.skip(f"real-data test: no known data files in {d}")
+    return out
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261125)
+
+
+def random_voigt(rng: np.random.Generator, batch: tuple[int, ...] = (), pd: bool = True):
+    """Random symmetric 6x6 (GPa scale); positive definite when pd=True."""
+    a = rng.normal(size=(*batch, 6, 6)) * 30.0
+    if pd:
+        return a @ np.swapaxes(a, -1, -2) / 6.0 + 20.0 * np.eye(6)
+    return 0.5 * (a + np.swapaxes(a, -1, -2))
+
+
+def random_rotation(rng: np.random.Generator, improper: bool = False) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return -q if improper else q
