@@ -1,0 +1,369 @@
+"""Predict elastic tensors of structures with a trained model (or an ensemble).
+
+>>> import e3elastic
+>>> model = e3elastic.load_model("default")                       # doctest: +SKIP
+>>> [r] = e3elastic.predict(["examples/silicon.cif"], model=model)  # doctest: +SKIP
+>>> r["voigt_GPa"][0][0], r["K_VRH_GPa"]                           # doctest: +SKIP
+
+Each result is a plain dict (JSON-ready apart from numpy arrays, see :func:`to_json_ready`):
+
+``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6), ``cartesian_GPa`` (3x3x3x3), the derived
+moduli of :func:`e3elastic.tensors.derived_properties` (``K_VRH_GPa``, ``G_VRH_GPa``,
+``youngs_modulus_GPa``, ``poisson_ratio``, ``universal_anisotropy``, ``min_eigenvalue_GPa``,
+``born_stable``, and the Voigt/Reuss bounds), with an ensemble ``voigt_std_GPa``,
+``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or why this structure failed (its
+other fields are then None). A failing structure never stops the others.
+
+The tensor is in the Cartesian frame of the structure as given: the network is equivariant, so
+rotating the input rotates the output. ``symmetrize=True`` averages the prediction over the
+structure's point group (spglib, symprec 0.01), making its symmetry exact.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import graph as graph_mod
+from . import tensors
+from .config import Config
+
+__all__ = ["Model", "load_model", "predict", "read_structure", "expand_paths", "to_json_ready"]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_MODEL = "default"
+
+#: File suffixes collected from a directory.
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json", ".cssr", ".xsf")
+
+
+class PredictError(ValueError):
+    """A model or input cannot be used; the message says which and why."""
+
+
+@dataclass
+class Model:
+    """One or more bundles with the same architecture (more than one: a deep ensemble)."""
+
+    config: Config
+    members: list[tuple[Any, dict[str, np.ndarray]]]  # (params, stats) per member
+    info: dict[str, Any]
+    path: str
+
+    def __post_init__(self) -> None:
+        self._predict = None
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    def _fn(self):
+        if self._predict is None:
+            import jax
+
+            from .model import ElasticityNet
+
+            net = ElasticityNet(self.config.model)
+            self._predict = jax.jit(net.apply)
+        return self._predict
+
+    def predict_irreps(self, graphs: Sequence[Any], batch_size: int = 8) -> np.ndarray:
+        """``(n_members, n, 21)`` irreps in GPa for graphs."""
+        from .model import batch_inputs
+
+        fn = self._fn()
+        out = np.zeros((self.n_members, len(graphs), 21))
+        if not graphs:
+            return out
+        buckets = _inference_buckets(graphs, batch_size)
+        for b in graph_mod.batches(graphs, batch_size=batch_size, buckets=buckets):
+            inp = batch_inputs(b, np.float32)
+            real = b.graph_index >= 0
+            for k, (params, stats) in enumerate(self.members):
+                y = np.asarray(fn(params, inp), np.float64)
+                out[k, b.graph_index[real]] = stats["shift"] + stats["scale"] * y[real]
+        return out
+
+
+def _inference_buckets(graphs, batch_size):
+    """Power-of-two shapes, so repeated calls reuse a few compiled programs."""
+    n = max(g.n_node for g in graphs)
+    e = max(g.n_edge for g in graphs)
+    total_n = sum(g.n_node for g in graphs)
+    total_e = sum(g.n_edge for g in graphs)
+    nodes = 1 << max(6, int(min(total_n, max(n, 1) * batch_size) + 1).bit_length())
+    edges = 1 << max(10, int(min(total_e, max(e, 1) * batch_size)).bit_length())
+    return (graph_mod.Bucket(nodes, edges, batch_size + 1),)
+
+
+def _bundle_dirs(path: Path) -> list[Path]:
+    if (path / "MANIFEST.json").is_file():
+        return [path]
+    if (path / "best" / "MANIFEST.json").is_file():
+        return [path / "best"]
+    members = sorted(p for p in path.iterdir() if (p / "MANIFEST.json").is_file())
+    if members:
+        return members
+    raise PredictError(f"{path}: no model bundle here (MANIFEST.json not found)")
+
+
+def load_model(name_or_path: str | os.PathLike | None = None) -> Model:
+    """Load a shipped model by name (``default``) or a bundle/run/ensemble folder by path.
+
+    An ensemble folder holds several bundle folders (``member_0/``, ``member_1/``, ...).
+    Raises :class:`PredictError` naming the file when a bundle is missing or damaged.
+    """
+    from .checkpoint import CheckpointError, load_bundle
+
+    name = DEFAULT_MODEL if name_or_path is None else name_or_path
+    path = Path(name)
+    if not path.exists():
+        shipped = PRETRAINED_DIR / str(name)
+        if shipped.is_dir():
+            path = shipped
+        else:
+            have = (
+                sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir())
+                if (PRETRAINED_DIR.is_dir())
+                else []
+            )
+            raise PredictError(
+                f"model {str(name)!r} is neither a folder nor a shipped model "
+                f"(shipped: {', '.join(have) or 'none'})"
+            )
+    if not path.is_dir():
+        raise PredictError(f"{path}: a model is a folder (a bundle, run or ensemble)")
+    members, config, info = [], None, {}
+    for d in _bundle_dirs(path):
+        try:
+            cfg, params, stats, inf = load_bundle(d)
+        except CheckpointError as e:
+            raise PredictError(str(e)) from None
+        if config is None:
+            config, info = cfg, inf
+        elif cfg.model != config.model:
+            raise PredictError(f"{d}: ensemble members must share one model config")
+        members.append((params, stats))
+    return Model(config=config, members=members, info=info, path=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Files from paths, directories (their structure files, sorted) and glob patterns.
+
+    A pattern or directory that matches nothing is returned as is, so it is reported as a
+    failed input rather than silently dropped.
+    """
+    out: list[str] = []
+    for p in paths:
+        s = str(p)
+        if any(ch in s for ch in "*?[") and not Path(s).exists():
+            hits = sorted(glob.glob(s, recursive=True))
+            out.extend(hits if hits else [s])
+        elif Path(s).is_dir():
+            hits = sorted(
+                str(f)
+                for f in Path(s).iterdir()
+                if f.is_file()
+                and (
+                    f.suffix.lower() in STRUCTURE_SUFFIXES
+                    or f.name.upper().startswith(("POSCAR", "CONTCAR"))
+                )
+            )
+            out.extend(hits if hits else [s])
+        else:
+            out.append(s)
+    return out
+
+
+def read_structure(path: str | os.PathLike):
+    """A pymatgen Structure from any file pymatgen (or ASE, when installed) reads."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    p = Path(path)
+    if not p.exists():
+        raise PredictError("no such file")
+    if p.is_dir():
+        raise PredictError("a directory with no structure files")
+    if p.stat().st_size == 0:
+        raise PredictError("empty file")
+    errors = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_file(str(p))
+    except Exception as e:  # pymatgen raises many types on bad files
+        errors.append(f"pymatgen: {_short(e)}")
+    try:
+        from ase.io import read as ase_read
+        from pymatgen.io.ase import AseAtomsAdaptor
+    except ImportError:
+        pass
+    else:
+        try:
+            return AseAtomsAdaptor.get_structure(ase_read(str(p)))
+        except Exception as e:
+            errors.append(f"ase: {_short(e)}")
+    raise PredictError(f"not a readable structure ({'; '.join(errors)})")
+
+
+def _as_structure(item: Any):
+    """(label, Structure) from a Structure, an ASE Atoms or a path."""
+    from pymatgen.core import Structure
+
+    if isinstance(item, Structure):
+        return item.composition.reduced_formula, item
+    if type(item).__name__ == "Atoms" and hasattr(item, "get_cell"):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        s = AseAtomsAdaptor.get_structure(item)
+        return s.composition.reduced_formula, s
+    if isinstance(item, str | os.PathLike):
+        return str(item), read_structure(item)
+    raise PredictError(
+        f"cannot predict for a {type(item).__name__}; give a Structure, Atoms or path"
+    )
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+    s = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _check_structure(s) -> None:
+    if len(s) == 0:
+        raise PredictError("structure has no atoms")
+    if not s.is_ordered:
+        raise PredictError("structure has partial occupancies; give an ordered structure")
+    lat = np.asarray(s.lattice.matrix)
+    if not np.all(np.isfinite(lat)) or not np.all(np.isfinite(s.cart_coords)):
+        raise PredictError("structure has non-finite lattice or coordinates")
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+# --------------------------------------------------------------------------------------------
+
+_EMPTY_KEYS = (
+    "voigt_GPa",
+    "cartesian_GPa",
+    "K_V_GPa",
+    "K_R_GPa",
+    "K_VRH_GPa",
+    "G_V_GPa",
+    "G_R_GPa",
+    "G_VRH_GPa",
+    "youngs_modulus_GPa",
+    "poisson_ratio",
+    "universal_anisotropy",
+    "min_eigenvalue_GPa",
+    "born_stable",
+)
+
+
+def point_group_rotations(structure) -> np.ndarray:
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    ops = SpacegroupAnalyzer(structure, symprec=0.01).get_point_group_operations(cartesian=True)
+    return np.array([op.rotation_matrix for op in ops])
+
+
+def predict(
+    structures: Iterable[Any],
+    model: Model | str | os.PathLike | None = None,
+    *,
+    symmetrize: bool = False,
+    batch_size: int = 8,
+    progress=None,
+) -> list[dict[str, Any]]:
+    """Predict C for each structure (see the module docstring for the result fields).
+
+    ``progress(done, total)`` is called after each batch when given.
+    """
+    if not isinstance(model, Model):
+        model = load_model(model)
+    items = list(structures)
+    results: list[dict[str, Any]] = []
+    good: list[tuple[int, Any, Any]] = []  # (result index, structure, graph)
+    for item in items:
+        label = str(item) if isinstance(item, str | os.PathLike) else None
+        res: dict[str, Any] = {"file": label, "id": None, "formula": None, "error": None}
+        try:
+            name, s = _as_structure(item)
+            _check_structure(s)
+            res["id"] = name
+            res["formula"] = s.composition.reduced_formula
+            g = graph_mod.structure_to_graph(s, model.config.model.cutoff, id=name)
+            good.append((len(results), s, g))
+        except (PredictError, graph_mod.GraphError, ValueError) as e:
+            res["error"] = str(e) if str(e) else _short(e)
+        results.append(res)
+
+    done = 0
+    for start in range(0, len(good), max(1, batch_size) * 8):
+        chunk = good[start : start + max(1, batch_size) * 8]
+        irreps = model.predict_irreps([g for _, _, g in chunk], batch_size)  # (M, n, 21)
+        for j, (i, s, _) in enumerate(chunk):
+            try:
+                results[i].update(_finish(irreps[:, j], s, symmetrize))
+            except (ValueError, FloatingPointError) as e:
+                results[i]["error"] = f"prediction failed: {_short(e)}"
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(good))
+    for r in results:
+        if r["error"] is not None:
+            for k in _EMPTY_KEYS:
+                r.setdefault(k, None)
+    return results
+
+
+def _finish(member_irreps: np.ndarray, structure, symmetrize: bool) -> dict[str, Any]:
+    carts = tensors.irreps_to_cartesian(member_irreps)  # (M, 3, 3, 3, 3)
+    if symmetrize:
+        carts = tensors.symmetrize(carts, point_group_rotations(structure))
+    voigts = tensors.cartesian_to_voigt(carts)
+    if not np.all(np.isfinite(voigts)):
+        raise ValueError("the model gave non-finite values")
+    mean = voigts.mean(axis=0)
+    props = tensors.derived_properties(mean)
+    out: dict[str, Any] = {
+        "voigt_GPa": mean,
+        "cartesian_GPa": tensors.voigt_to_cartesian(mean),
+    }
+    for k, v in props.items():
+        out[k] = bool(v) if k == "born_stable" else float(v)
+    if len(voigts) > 1:
+        k_all = tensors.bulk_modulus(voigts)["hill"]
+        g_all = tensors.shear_modulus(voigts)["hill"]
+        out["voigt_std_GPa"] = voigts.std(axis=0, ddof=1)
+        out["K_VRH_std_GPa"] = float(np.std(k_all, ddof=1))
+        out["G_VRH_std_GPa"] = float(np.std(g_all, ddof=1))
+        out["n_members"] = len(voigts)
+    return out
+
+
+def to_json_ready(result: dict[str, Any], cartesian: bool = False) -> dict[str, Any]:
+    """Arrays as nested lists, NaN as None; drops the 81-number Cartesian tensor unless asked."""
+    out = {}
+    for k, v in result.items():
+        if k == "cartesian_GPa" and not cartesian:
+            continue
+        if isinstance(v, np.ndarray):
+            v = np.where(np.isfinite(v), v, np.nan).tolist()
+        elif isinstance(v, float) and not np.isfinite(v):
+            v = None
+        out[k] = v
+    return out

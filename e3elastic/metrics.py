@@ -1,0 +1,102 @@
+"""Accuracy metrics for predicted elastic tensors (numpy only; GPa).
+
+For each crystal, with C and C_pred as 3x3x3x3 Cartesian tensors:
+
+* ``mae_voigt_GPa``: mean absolute error over the 36 Voigt components;
+* ``rel_frobenius``: ``||C_pred - C|| / ||C||`` (Frobenius norm of the full tensor, which is
+  rotation invariant), averaged over crystals;
+* ``ewt_5``, ``ewt_10``, ``ewt_25``: share of crystals with relative error under 5, 10, 25 %;
+* ``mae_K_VRH_GPa``, ``mae_G_VRH_GPa`` and the same in log10 (moduli clipped at 1e-3 GPa before
+  the log, since a poor prediction can have a non-positive Hill average).
+
+:func:`tensor_metrics` also reports them per crystal system and, optionally, per any other label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import tensors
+
+__all__ = ["per_crystal_errors", "tensor_metrics"]
+
+_LOG_FLOOR = 1e-3
+
+
+def per_crystal_errors(pred_voigt: np.ndarray, true_voigt: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-crystal errors ``(n,)`` used by :func:`tensor_metrics`."""
+    p = np.asarray(pred_voigt, np.float64)
+    t = np.asarray(true_voigt, np.float64)
+    if p.shape != t.shape or p.shape[-2:] != (6, 6) or p.ndim != 3:
+        raise ValueError(f"need (n, 6, 6) predictions and targets, got {p.shape} and {t.shape}")
+    pc, tc = tensors.voigt_to_cartesian(p), tensors.voigt_to_cartesian(t)
+    diff = np.sqrt(np.sum((pc - tc) ** 2, axis=(1, 2, 3, 4)))
+    norm = np.sqrt(np.sum(tc**2, axis=(1, 2, 3, 4)))
+    kp, kt = _hill(p, "K"), _hill(t, "K")
+    gp, gt = _hill(p, "G"), _hill(t, "G")
+    return {
+        "abs_voigt": np.abs(p - t).mean(axis=(1, 2)),
+        "rel_frobenius": diff / np.maximum(norm, 1e-12),
+        "K_pred": kp,
+        "K_true": kt,
+        "G_pred": gp,
+        "G_true": gt,
+    }
+
+
+def _hill(v: np.ndarray, which: str) -> np.ndarray:
+    """Hill average; the Voigt-Reuss mean, or the Voigt bound alone when C is singular."""
+    d = tensors.bulk_modulus(v) if which == "K" else tensors.shear_modulus(v)
+    return np.where(np.isfinite(d["hill"]), d["hill"], d["voigt"])
+
+
+def _summarise(e: dict[str, np.ndarray]) -> dict[str, Any]:
+    n = len(e["rel_frobenius"])
+    if n == 0:
+        return {"n": 0}
+    rel = e["rel_frobenius"]
+
+    def log10(x):
+        return np.log10(np.maximum(x, _LOG_FLOOR))
+
+    return {
+        "n": int(n),
+        "mae_voigt_GPa": float(e["abs_voigt"].mean()),
+        "rel_frobenius": float(rel.mean()),
+        "ewt_5": float(np.mean(rel < 0.05)),
+        "ewt_10": float(np.mean(rel < 0.10)),
+        "ewt_25": float(np.mean(rel < 0.25)),
+        "mae_K_VRH_GPa": float(np.abs(e["K_pred"] - e["K_true"]).mean()),
+        "mae_G_VRH_GPa": float(np.abs(e["G_pred"] - e["G_true"]).mean()),
+        "mae_log10_K_VRH": float(np.abs(log10(e["K_pred"]) - log10(e["K_true"])).mean()),
+        "mae_log10_G_VRH": float(np.abs(log10(e["G_pred"]) - log10(e["G_true"])).mean()),
+    }
+
+
+def tensor_metrics(
+    pred_voigt: np.ndarray,
+    true_voigt: np.ndarray,
+    crystal_systems: Sequence[str] | None = None,
+    groups: dict[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """All metrics over the crystals, plus ``by_crystal_system`` and ``by_<group>`` breakdowns.
+
+    ``groups`` maps a name (e.g. ``theory``) to one label per crystal.
+    """
+    e = per_crystal_errors(pred_voigt, true_voigt)
+    out = _summarise(e)
+    labels = {} if groups is None else dict(groups)
+    if crystal_systems is not None:
+        labels = {"crystal_system": crystal_systems, **labels}
+    for name, lab in labels.items():
+        lab = np.asarray(list(lab), dtype=object)
+        if len(lab) != len(e["rel_frobenius"]):
+            raise ValueError(f"{len(lab)} {name} labels for {len(e['rel_frobenius'])} crystals")
+        out[f"by_{name}"] = {
+            str(v): _summarise({k: a[lab == v] for k, a in e.items()})
+            for v in sorted(set(lab.tolist()))
+        }
+    return out

@@ -1,0 +1,211 @@
+"""The E(3)-equivariant network: crystal graph -> 21 irreps coefficients of C_ijkl.
+
+Linen modules on e3nn-jax core functions (no haiku):
+
+* a species embedding (scalars ``0e``);
+* ``n_layers`` interaction blocks. Each is a point convolution: edge spherical harmonics up to
+  ``sh_lmax``, a radial MLP on a Bessel basis times a polynomial cutoff envelope, and the tensor
+  product of sender features with the harmonics, weighted per path by the radial MLP. Messages
+  are summed on receivers; a self-interaction (linear), a gate nonlinearity and a residual
+  connection follow;
+* a per-atom readout to ``2x0e+2x2e+1x4e`` and a masked mean over each crystal's atoms.
+
+Parity is kept (O(3) irreps), so the output of a crystal keeps all of its point-group
+symmetry, inversion included. Edge vectors are computed here from positions, lattices and
+integer cell shifts (see :mod:`e3elastic.graph`), so rotating positions and lattice rotates the
+prediction as ``C'_ijkl = R_ia R_jb R_kc R_ld C_abcd``.
+
+The output is in normalised units: ``irreps = shift + scale * output`` with per-irrep statistics
+of the training targets (see :func:`denormalise`). Inputs are the arrays of a padded
+:class:`e3elastic.graph.Batch` (:func:`batch_inputs`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+
+__all__ = ["OUTPUT_IRREPS", "ElasticityNet", "batch_inputs", "denormalise", "edge_vectors"]
+
+#: Irreps of the elasticity tensor: 2 scalars, 2 quadrupoles and 1 hexadecapole (21 numbers).
+OUTPUT_IRREPS = e3nn.Irreps("2x0e+2x2e+1x4e")
+
+#: The arrays of a padded batch that the model reads.
+INPUT_FIELDS = (
+    "species",
+    "positions",
+    "lattice",
+    "senders",
+    "receivers",
+    "cell_shifts",
+    "edge_graph",
+    "node_graph",
+    "node_mask",
+    "graph_mask",
+)
+
+
+def batch_inputs(batch: Any, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """The model's input dict from a :class:`~e3elastic.graph.Batch` (floats cast to ``dtype``)."""
+    out = {}
+    for name in INPUT_FIELDS:
+        a = np.asarray(getattr(batch, name))
+        if a.dtype.kind == "f":
+            a = a.astype(dtype)
+        out[name] = a
+    return out
+
+
+def edge_vectors(inputs: dict[str, jax.Array]) -> jax.Array:
+    """``(E, 3)`` edge vectors (Angstrom): ``pos[recv] - pos[send] + shift @ lattice[graph]``."""
+    pos = inputs["positions"]
+    lattice = inputs["lattice"][inputs["edge_graph"]]  # (E, 3, 3)
+    shift = jnp.einsum("ei,eij->ej", inputs["cell_shifts"].astype(pos.dtype), lattice)
+    return pos[inputs["receivers"]] - pos[inputs["senders"]] + shift
+
+
+def _envelope(x: jax.Array, p: int) -> jax.Array:
+    """Smooth cutoff: 1 at x=0, zero with two vanishing derivatives at x>=1."""
+    u = (
+        1.0
+        - (p + 1) * (p + 2) / 2 * x**p
+        + p * (p + 2) * x ** (p + 1)
+        - p * (p + 1) / 2 * x ** (p + 2)
+    )
+    return jnp.where(x < 1.0, u, 0.0)
+
+
+def _gate_irreps(hidden: e3nn.Irreps) -> e3nn.Irreps:
+    """Input irreps of a gate producing ``hidden``: its scalars, one gate per non-scalar, the
+    non-scalars."""
+    scalars = e3nn.Irreps([(m, ir) for m, ir in hidden if ir.l == 0])
+    others = e3nn.Irreps([(m, ir) for m, ir in hidden if ir.l > 0])
+    return (scalars + e3nn.Irreps(f"{others.num_irreps}x0e") + others).simplify()
+
+
+class RadialMLP(nn.Module):
+    """Radial basis ``(E, n_radial)`` -> per-path weights ``(E, n_out)``."""
+
+    hidden: tuple[int, ...]
+    n_out: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = jax.nn.silu(nn.Dense(width, name=f"dense_{i}")(x))
+        return nn.Dense(self.n_out, name="out")(x)
+
+
+class Interaction(nn.Module):
+    """One point convolution with self-interaction, gate and residual."""
+
+    hidden_irreps: e3nn.Irreps
+    sh_lmax: int
+    radial_hidden: tuple[int, ...]
+    avg_num_neighbors: float
+
+    @nn.compact
+    def __call__(
+        self,
+        x: e3nn.IrrepsArray,  # (N, irreps_in)
+        sh: e3nn.IrrepsArray,  # (E, 0e+1o+...+lmax)
+        radial: jax.Array,  # (E, n_radial), already times the envelope
+        senders: jax.Array,  # (E,)
+        receivers: jax.Array,  # (E,)
+    ) -> e3nn.IrrepsArray:
+        n_node = x.shape[0]
+        gate_in = _gate_irreps(self.hidden_irreps)
+        # messages: tensor product of sender features with edge harmonics, only the irreps a
+        # gate input can use.
+        msg = e3nn.tensor_product(
+            x[senders], sh, filter_ir_out=[ir for _, ir in gate_in]
+        )  # (E, irreps_msg)
+        weights = RadialMLP(self.radial_hidden, msg.irreps.num_irreps, name="radial")(radial)
+        msg = msg * weights  # one weight per path and channel
+        agg = e3nn.scatter_sum(msg, dst=receivers, output_size=n_node)
+        agg = agg / jnp.sqrt(self.avg_num_neighbors).astype(agg.dtype)
+        h = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="mix")(agg)
+        h = h + e3nn.flax.Linear(gate_in, force_irreps_out=True, name="self")(x)  # self-interaction
+        h = e3nn.gate(h)  # (N, hidden)
+        skip = e3nn.flax.Linear(self.hidden_irreps, force_irreps_out=True, name="skip")(x)
+        return (skip + h).regroup()
+
+
+class ElasticityNet(nn.Module):
+    """Crystal graphs -> normalised irreps ``(G, 21)`` of C_ijkl (see module docstring)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array]) -> jax.Array:
+        cfg = self.config
+        pos = inputs["positions"]
+        dtype = pos.dtype
+        n_graph = inputs["lattice"].shape[0]
+
+        vec = edge_vectors(inputs)  # (E, 3)
+        length = jnp.linalg.norm(vec, axis=-1)  # (E,), padding edges >= 2 * cutoff
+        x = length / cfg.cutoff
+        radial = (
+            e3nn.bessel(length, cfg.n_radial, cfg.cutoff) * _envelope(x, cfg.envelope_p)[:, None]
+        )  # (E, n_radial); exactly 0 beyond the cutoff (padding edges included)
+        sh = e3nn.spherical_harmonics(
+            e3nn.Irreps.spherical_harmonics(cfg.sh_lmax),
+            e3nn.IrrepsArray("1o", vec),
+            normalize=True,
+            normalization="component",
+        )  # (E, sh)
+
+        hidden = e3nn.Irreps(cfg.hidden_irreps)
+        n_scalar = sum(m for m, ir in hidden if ir == e3nn.Irrep("0e"))
+        emb = nn.Embed(cfg.n_species, n_scalar, name="embed", param_dtype=jnp.float32)
+        h = e3nn.IrrepsArray(f"{n_scalar}x0e", emb(inputs["species"]).astype(dtype))  # (N, S)
+
+        for i in range(cfg.n_layers):
+            h = Interaction(
+                hidden_irreps=hidden,
+                sh_lmax=cfg.sh_lmax,
+                radial_hidden=tuple(cfg.radial_hidden),
+                avg_num_neighbors=cfg.avg_num_neighbors,
+                name=f"interaction_{i}",
+            )(h, sh, radial, inputs["senders"], inputs["receivers"])
+
+        out = e3nn.flax.Linear(OUTPUT_IRREPS, force_irreps_out=True, name="readout")(
+            h
+        ).array  # (N, 21)
+        out = out * inputs["node_mask"][:, None].astype(dtype)
+        total = jax.ops.segment_sum(out, inputs["node_graph"], num_segments=n_graph)
+        count = jax.ops.segment_sum(
+            inputs["node_mask"].astype(dtype), inputs["node_graph"], num_segments=n_graph
+        )
+        mean = total / jnp.maximum(count, 1.0)[:, None]  # guard empty (padding) graphs
+        return mean * inputs["graph_mask"][:, None].astype(dtype)  # (G, 21)
+
+
+def denormalise(y: jax.Array, stats: dict[str, Any]) -> jax.Array:
+    """Normalised model output -> irreps coefficients in GPa: ``shift + scale * y``."""
+    return jnp.asarray(stats["shift"], y.dtype) + jnp.asarray(stats["scale"], y.dtype) * y
+
+
+def irrep_stats(irreps: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-irrep normalisation of training targets ``(n, 21)`` (GPa).
+
+    The two scalars get their mean and standard deviation; each 2e and 4e copy is scaled by
+    the RMS of its norm (no shift: a fixed non-scalar would break equivariance).
+    """
+    irreps = np.asarray(irreps, np.float64)
+    shift = np.zeros(21)
+    scale = np.ones(21)
+    shift[0:2] = irreps[:, 0:2].mean(axis=0)
+    scale[0:2] = irreps[:, 0:2].std(axis=0) + 1e-6
+    for sl in (slice(2, 7), slice(7, 12), slice(12, 21)):
+        rms = np.sqrt(np.mean(np.sum(irreps[:, sl] ** 2, axis=1)) / (sl.stop - sl.start))
+        scale[sl] = rms + 1e-6
+    return {"shift": shift, "scale": scale}

@@ -1,0 +1,191 @@
+"""Training loop, checkpoints and bundles on small inputs built here (tiny config)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+from e3elastic import checkpoint as ckpt  # noqa: E402
+from e3elastic import config as C  # noqa: E402
+from e3elastic import data, runtime, tensors, train  # noqa: E402
+from e3elastic import graph as G  # noqa: E402
+from e3elastic.model import batch_inputs  # noqa: E402
+
+runtime.enable_compilation_cache()
+
+ROCKSALT = [
+    ("Na", "Cl", 5.64),
+    ("Mg", "O", 4.21),
+    ("K", "Cl", 6.29),
+    ("Li", "F", 4.03),
+    ("Ca", "O", 4.81),
+    ("Ba", "O", 5.52),
+    ("Na", "F", 4.63),
+    ("K", "Br", 6.60),
+    ("Sr", "O", 5.16),
+    ("Li", "Cl", 5.13),
+    ("Rb", "Cl", 6.58),
+    ("Ag", "Cl", 5.55),
+    ("Pb", "S", 5.94),
+    ("Ti", "C", 4.33),
+    ("Zr", "C", 4.70),
+    ("Ti", "N", 4.24),
+]
+
+
+def _cubic_voigt(c11, c12, c44):
+    v = np.zeros((6, 6))
+    v[:3, :3] = c12
+    v[np.arange(3), np.arange(3)] = c11
+    v[3:, 3:] = np.diag([c44] * 3)
+    return v
+
+
+def _rocksalt(a_el, b_el, a):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    ).get_primitive_structure()
+
+
+def _user_file(path):
+    """A user-format dataset: rock-salt crystals with a cubic tensor that falls with a^-4."""
+    rows = []
+    for a_el, b_el, a in ROCKSALT:
+        s = _rocksalt(a_el, b_el, a)
+        scale = (5.0 / a) ** 4
+        rows.append(
+            {
+                "id": f"test:{a_el}{b_el}",
+                "structure": s.as_dict(),
+                "voigt_GPa": _cubic_voigt(120 * scale, 40 * scale, 30 * scale).tolist(),
+            }
+        )
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("small")
+    f = _user_file(tmp / "rocksalt.json")
+    return data.load_dataset(f, subset="all", cache_dir=tmp / "cache")
+
+
+def _config(**train_kw):
+    cfg = C.tiny()
+    sets = [f"train.{k}={json.dumps(v)}" for k, v in train_kw.items()]
+    return cfg.override([*sets, "data.batch_size=4", "data.n_buckets=1"])
+
+
+def test_overfit_one_crystal_under_60s():
+    t0 = time.perf_counter()
+    s = _rocksalt("Mg", "O", 4.21)
+    target = _cubic_voigt(297.0, 95.0, 155.0)  # MgO-like, GPa
+    x = tensors.voigt_to_irreps(target)
+    cfg = C.tiny()
+    stats = {"shift": np.zeros(21), "scale": np.full(21, np.abs(x).max())}
+    g = G.structure_to_graph(s, cfg.model.cutoff, id="MgO")
+    b = G.pad_batch(
+        [g], G.Bucket(g.n_node + 1, g.n_edge, 2), ((x - stats["shift"]) / stats["scale"])[None]
+    )
+    inp, tgt = batch_inputs(b, np.float32), b.targets.astype(np.float32)
+    params = train.init_params(cfg, inp, seed=0)
+    import optax
+
+    tx = optax.adam(optax.cosine_decay_schedule(1e-2, 2000, 0.01))
+    opt = tx.init(params)
+    step, predict = train.make_steps(train.create_model(cfg), tx)
+    rel = np.inf
+    for i in range(2000):
+        params, opt, _loss, _ = step(params, opt, inp, tgt)
+        if i % 25 == 24:
+            y = stats["shift"] + stats["scale"] * np.asarray(predict(params, inp), np.float64)[0]
+            c_pred, c_true = tensors.irreps_to_cartesian(y), tensors.voigt_to_cartesian(target)
+            rel = np.linalg.norm(c_pred - c_true) / np.linalg.norm(c_true)
+            if rel < 0.01:
+                break
+    elapsed = time.perf_counter() - t0
+    assert rel < 0.01, f"relative error {rel:.4f} after {i + 1} steps"
+    assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path):
+    cfg = _config(epochs=4, learning_rate=3e-3, patience=100)
+    prep = train.prepare_data(cfg, dataset=small_dataset)
+    assert len(prep.graphs["train"]) >= 8
+
+    full = tmp_path / "full"
+    out = train.train_and_evaluate(cfg, full, prepared=prep, progress=False)
+    lines = (full / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
+    assert out["test"]["n"] == len(prep.records["test"])
+    assert (full / "best" / "MANIFEST.json").is_file()
+    assert (full / "final_metrics.json").is_file()
+
+    # interrupted after epoch 1 (its checkpoint is written), then resumed
+    part = tmp_path / "part"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(msg):
+        if msg.startswith("epoch 1:"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train.train_and_evaluate(cfg, part, prepared=prep, log=stop_after_epoch_1, progress=False)
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
+    train.train_and_evaluate(cfg, part, prepared=prep, resume=True, progress=False)
+
+    assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    assert (part / "best" / "params.npz").read_bytes() == (
+        full / "best" / "params.npz"
+    ).read_bytes()
+
+
+def test_bundle_round_trip_is_bit_identical(small_dataset, tmp_path):
+    cfg = _config(epochs=1)
+    prep = train.prepare_data(cfg, dataset=small_dataset)
+    first = G.pad_batch(prep.graphs["train"][:1], prep.buckets[0])
+    params = train.init_params(cfg, batch_inputs(first, np.float32), seed=3)
+    stats = {"shift": np.arange(21.0), "scale": np.linspace(1, 3, 21)}
+    net = train.create_model(cfg)
+    _, predict = train.make_steps(net, train._identity_tx())
+    graphs = prep.graphs["train"]
+    before = train.predict_irreps(predict, params, graphs, prep.buckets, 4, stats, np.float32)
+
+    ckpt.export_bundle(tmp_path / "bundle", cfg, params, stats, {"note": "test"})
+    cfg2, params2, stats2, info = ckpt.load_bundle(tmp_path / "bundle")
+    assert cfg2 == cfg and info == {"note": "test"}
+    net2 = train.create_model(cfg2)
+    _, predict2 = train.make_steps(net2, train._identity_tx())
+    after = train.predict_irreps(predict2, params2, graphs, prep.buckets, 4, stats2, np.float32)
+    assert np.array_equal(before, after)
+    assert not np.allclose(before, before[:1])  # predictions differ between crystals
+
+
+def test_bundle_refuses_damage_and_wrong_shapes(tmp_path):
+    cfg = C.tiny()
+    shapes = ckpt.expected_param_shapes(cfg)
+    params = ckpt.unflatten_params({k: np.zeros(v, np.float32) for k, v in shapes.items()})
+    stats = {"shift": np.zeros(21), "scale": np.ones(21)}
+    b = ckpt.export_bundle(tmp_path / "b", cfg, params, stats)
+    ckpt.load_bundle(b)  # intact: loads
+
+    raw = (b / "params.npz").read_bytes()
+    (b / "params.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ckpt.CheckpointError, match=r"params\.npz"):
+        ckpt.load_bundle(b)
+
+    # a bundle whose weights do not fit its config (written with a consistent manifest)
+    bigger = cfg.override(['model.hidden_irreps="16x0e+2x1o+2x2e+2x4e"'])
+    b2 = ckpt.export_bundle(tmp_path / "b2", bigger, params, stats)
+    with pytest.raises(ckpt.CheckpointError, match="do not match"):
+        ckpt.load_bundle(b2)
