@@ -355,6 +355,74 @@ def _add_model_commands(sub) -> None:
     pr.set_defaults(func=_cmd_predict)
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from e3elastic import plots
+
+    fmt = args.format
+    if args.kind == "parity":
+        from e3elastic import checkpoint, data, graph, runtime, train
+
+        if not args.model:
+            raise CLIError("plot parity needs --model (a bundle or run folder)")
+        runtime.enable_compilation_cache()
+        try:
+            m = train.evaluate_model(args.model, args.data, split=args.split, return_arrays=True)
+        except (train.TrainingError, data.DataError, graph.GraphError,
+                checkpoint.CheckpointError) as e:
+            raise CLIError(str(e)) from None
+        out = args.out if args.out.endswith((".png", ".svg")) else f"{args.out}.{fmt}"
+        path = plots.parity(m["pred_voigt"], m["true_voigt"], out,
+                            title=f"{m['evaluated']} (n={m['n']})")
+        print(path)
+        return 0
+    if not args.inputs:
+        raise CLIError(f"plot {args.kind} needs a structure file or a 6x6 Voigt file")
+    for src in args.inputs:
+        if src.lower().endswith((".txt", ".csv", ".json")) and args.kind == "voigt":
+            voigt, title = _read_voigt_file(src), src
+        elif args.kind == "voigt":
+            raise CLIError(f"{src}: plot voigt reads a 6x6 matrix (.txt, .csv or .json)")
+        else:
+            from e3elastic import inference as pr
+            from e3elastic import runtime
+
+            runtime.enable_compilation_cache()
+            try:
+                [r] = pr.predict([src], model=args.model, symmetrize=args.symmetrize)
+            except pr.PredictError as e:
+                raise CLIError(str(e)) from None
+            if r["error"] is not None:
+                raise CLIError(f"{src}: {r['error']}")
+            voigt, title = r["voigt_GPa"], f"{r['formula']} ({src}, predicted)"
+        stem = src.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        prefix = f"{args.out}_{stem}" if len(args.inputs) > 1 else args.out
+        try:
+            paths = plots.plot_tensor(voigt, prefix, fmt=fmt, title=title)
+        except (ValueError, ImportError) as e:
+            raise CLIError(str(e)) from None
+        for p in paths:
+            print(p)
+    return 0
+
+
+def _add_plot_command(sub) -> None:
+    pl = sub.add_parser(
+        "plot",
+        help="directional Young's modulus, linear compressibility and parity plots",
+        description="'structure': predict C for structure files and plot it; 'voigt': plot a "
+        "given 6x6 tensor; 'parity': predicted against DFT values of an evaluation run.",
+    )
+    pl.add_argument("kind", choices=("structure", "voigt", "parity"))
+    pl.add_argument("inputs", nargs="*", help="structure files (structure) or 6x6 files (voigt)")
+    pl.add_argument("--model", default=None, help="model name or folder")
+    pl.add_argument("--data", default=None, help="data for 'parity'")
+    pl.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    pl.add_argument("--symmetrize", action="store_true")
+    pl.add_argument("--out", default="e3elastic_plot", help="output file prefix")
+    pl.add_argument("--format", default="png", choices=("png", "svg"))
+    pl.set_defaults(func=_cmd_plot)
+
+
 # --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -423,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--limit", type=int, default=None, help="at most this many entries")
     d.set_defaults(func=_cmd_data)
     _add_model_commands(sub)
+    _add_plot_command(sub)
     return p
 
 

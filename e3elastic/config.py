@@ -45,6 +45,8 @@ class ModelConfig:
         n_species: size of the species table (Z - 1 indexes it).
         avg_num_neighbors: messages are summed and divided by sqrt of this.
         envelope_p: exponent of the polynomial cutoff envelope.
+        even_last_layer: the last block makes only the irreps the readout uses (0e, 2e, 4e),
+            skipping tensor-product paths whose results would be discarded.
     """
 
     cutoff: float = 5.0
@@ -56,6 +58,7 @@ class ModelConfig:
     n_species: int = 100
     avg_num_neighbors: float = 40.0
     envelope_p: int = 6
+    even_last_layer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +86,9 @@ class TrainConfig:
 
     ``epochs`` is the most epochs to run; early stopping ends sooner after ``patience`` epochs
     without a better validation error. ``max_minutes`` bounds wall time (0: no bound).
-    ``dtype`` is ``float32`` or ``float64``.
+    ``dtype`` is ``float32`` or ``float64``. ``data_parallel`` is the number of padded
+    sub-batches per optimisation step, each on its own device when there are enough (0: one per
+    local device, so a single device trains exactly as without it).
     """
 
     seed: int = 0
@@ -99,6 +104,7 @@ class TrainConfig:
     max_to_keep: int = 3
     max_minutes: float = 0.0
     dtype: str = "float32"
+    data_parallel: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

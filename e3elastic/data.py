@@ -65,6 +65,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -371,7 +372,15 @@ class _Collector:
             self.records.append(build())
         except _EntryError as err:
             self.dropped.append(Dropped(str(id), source, str(err)))
-        except (KeyError, IndexError, TypeError, AttributeError) as err:
+        except (
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,
+            ValueError,
+            OverflowError,
+            RecursionError,
+        ) as err:
             reason = f"malformed entry: {type(err).__name__} {_short(err, 60)}"
             self.dropped.append(Dropped(str(id), source, reason))
 
@@ -495,6 +504,13 @@ def _read_user(obj: list, out: _Collector, stem: str) -> None:
 
 def _detect(obj: Any) -> str:
     """Name of the format of a parsed JSON document, from its content."""
+    try:
+        return _detect_format(obj)
+    except (TypeError, AttributeError, KeyError):  # e.g. "columns": 5
+        return "unknown"
+
+
+def _detect_format(obj: Any) -> str:
     if isinstance(obj, dict):
         if {"columns", "data"} <= obj.keys() and "elastic_tensor" in obj.get("columns", []):
             return "matminer"
@@ -536,7 +552,9 @@ def read_file(path: str | os.PathLike) -> FileResult:
         obj = _load_json(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    # ValueError covers JSONDecodeError and over-long integers; zlib.error a damaged gzip
+    # stream; RecursionError absurdly deep nesting.
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error, RecursionError) as err:
         raise DataError(f"{path}: not readable JSON ({_short(err, 80)})") from None
     fmt = _detect(obj)
     out = _Collector()
@@ -556,8 +574,12 @@ def read_file(path: str | os.PathLike) -> FileResult:
                 f"{path}: unknown data format (expected matminer, StrainNet, MatTen, zeolite "
                 "or the e3elastic user format; see e3elastic.data's docstring)"
             )
-    except (KeyError, IndexError, TypeError, AttributeError) as err:
-        raise DataError(f"{path}: malformed {fmt} file ({type(err).__name__} {err})") from None
+    except DataError:
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError) as err:
+        raise DataError(
+            f"{path}: malformed {fmt} file ({type(err).__name__} {_short(err, 80)})"
+        ) from None
     return FileResult(str(path), fmt, out.records, out.dropped, dict(out.read))
 
 

@@ -12,7 +12,12 @@ moduli of :func:`e3elastic.tensors.derived_properties` (``K_VRH_GPa``, ``G_VRH_G
 ``youngs_modulus_GPa``, ``poisson_ratio``, ``universal_anisotropy``, ``min_eigenvalue_GPa``,
 ``born_stable``, and the Voigt/Reuss bounds), with an ensemble ``voigt_std_GPa``,
 ``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or why this structure failed (its
-other fields are then None). A failing structure never stops the others.
+other fields are then None). A failing structure never stops the others: unreadable files,
+structures the graph code refuses (:class:`~e3elastic.graph.GraphError`: overlapping atoms,
+isolated atoms, degenerate cells), atoms more than ``MAX_FRACTIONAL`` cells from the origin,
+structures with more than ``max_edges`` neighbour pairs, and failures of the model on one
+structure all end up in ``error``. Atoms are wrapped into the cell before the graph is built,
+so coordinates far outside it (1e8 Angstrom) give the same prediction as inside it.
 
 The tensor is in the Cartesian frame of the structure as given: the network is equivariant, so
 rotating the input rotates the output. ``symmetrize=True`` averages the prediction over the
@@ -38,6 +43,14 @@ __all__ = ["Model", "load_model", "predict", "read_structure", "expand_paths", "
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = "default"
+
+#: Default edge budget of one structure (neighbour pairs within the cutoff); a structure with
+#: more (atoms packed far denser than any crystal, or a huge supercell) is reported as an error
+#: instead of taking minutes and gigabytes.
+MAX_EDGES = 300_000
+#: Atoms further than this many cells from the origin (fractional coordinate) are refused:
+#: float64 cannot place them within the cell to better than ~1e-7 of a lattice vector.
+MAX_FRACTIONAL = 1e9
 
 #: File suffixes collected from a directory.
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json", ".cssr", ".xsf")
@@ -107,6 +120,8 @@ def _bundle_dirs(path: Path) -> list[Path]:
         return [path]
     if (path / "best" / "MANIFEST.json").is_file():
         return [path / "best"]
+    if (path / ".best.old" / "MANIFEST.json").is_file():
+        return [path / "best"]  # an export was interrupted; load_bundle reads .best.old
     members = sorted(p for p in path.iterdir() if (p / "MANIFEST.json").is_file())
     if members:
         return members
@@ -252,6 +267,28 @@ def _check_structure(s) -> None:
         raise PredictError("structure has non-finite lattice or coordinates")
 
 
+def _wrapped(s):
+    """The structure with every atom moved into the cell (fractional coordinates in [0, 1)).
+
+    The model reads float32 positions; an atom 1e8 Angstrom away would lose all precision
+    there, while the wrapped structure is the same crystal.
+    """
+    from pymatgen.core import Structure
+
+    frac = np.asarray(s.frac_coords, dtype=np.float64)
+    if not np.all(np.isfinite(frac)):
+        raise PredictError("structure has non-finite fractional coordinates")
+    far = float(np.abs(frac).max())
+    if far > MAX_FRACTIONAL:
+        raise PredictError(
+            f"an atom lies {far:.3g} cells from the origin (more than {MAX_FRACTIONAL:g}); "
+            "wrap the coordinates into the cell"
+        )
+    if far < 1.0 and np.all(frac >= 0.0):
+        return s
+    return Structure(s.lattice, s.species, frac - np.floor(frac))
+
+
 # --------------------------------------------------------------------------------------------
 # Prediction
 # --------------------------------------------------------------------------------------------
@@ -287,10 +324,12 @@ def predict(
     symmetrize: bool = False,
     batch_size: int = 8,
     progress=None,
+    max_edges: int | None = MAX_EDGES,
 ) -> list[dict[str, Any]]:
     """Predict C for each structure (see the module docstring for the result fields).
 
-    ``progress(done, total)`` is called after each batch when given.
+    ``progress(done, total)`` is called after each batch when given. A structure with more
+    than ``max_edges`` neighbour pairs (None: no limit) gets an error instead of a result.
     """
     if not isinstance(model, Model):
         model = load_model(model)
@@ -305,20 +344,29 @@ def predict(
             _check_structure(s)
             res["id"] = name
             res["formula"] = s.composition.reduced_formula
-            g = graph_mod.structure_to_graph(s, model.config.model.cutoff, id=name)
+            s = _wrapped(s)
+            g = graph_mod.structure_to_graph(
+                s, model.config.model.cutoff, id=name, max_edges=max_edges
+            )
             good.append((len(results), s, g))
         except (PredictError, graph_mod.GraphError, ValueError) as e:
             res["error"] = str(e) if str(e) else _short(e)
+        except Exception as e:  # pymatgen and friends raise many types on odd input
+            res["error"] = f"cannot use this structure: {_short(e)}"
         results.append(res)
 
     done = 0
     for start in range(0, len(good), max(1, batch_size) * 8):
         chunk = good[start : start + max(1, batch_size) * 8]
-        irreps = model.predict_irreps([g for _, _, g in chunk], batch_size)  # (M, n, 21)
-        for j, (i, s, _) in enumerate(chunk):
+        try:
+            irreps = model.predict_irreps([g for _, _, g in chunk], batch_size)  # (M, n, 21)
+        except Exception:  # e.g. out of memory: retry one by one, so only the culprit fails
+            irreps = None
+        for j, (i, s, g) in enumerate(chunk):
             try:
-                results[i].update(_finish(irreps[:, j], s, symmetrize))
-            except (ValueError, FloatingPointError) as e:
+                one = irreps[:, j] if irreps is not None else model.predict_irreps([g], 1)[:, 0]
+                results[i].update(_finish(one, s, symmetrize))
+            except Exception as e:  # non-finite output, singular tensor, model failure
                 results[i]["error"] = f"prediction failed: {_short(e)}"
         done += len(chunk)
         if progress is not None:

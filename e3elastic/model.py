@@ -169,8 +169,12 @@ class ElasticityNet(nn.Module):
         h = e3nn.IrrepsArray(f"{n_scalar}x0e", emb(inputs["species"]).astype(dtype))  # (N, S)
 
         for i in range(cfg.n_layers):
+            layer_irreps = hidden
+            if cfg.even_last_layer and i == cfg.n_layers - 1:
+                # the readout only uses 0e, 2e and 4e: the last block need not make the rest
+                layer_irreps = e3nn.Irreps([(m, ir) for m, ir in hidden if ir in OUTPUT_IRREPS])
             h = Interaction(
-                hidden_irreps=hidden,
+                hidden_irreps=layer_irreps,
                 sh_lmax=cfg.sh_lmax,
                 radial_hidden=tuple(cfg.radial_hidden),
                 avg_num_neighbors=cfg.avg_num_neighbors,

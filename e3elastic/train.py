@@ -173,16 +173,29 @@ def create_optimizer(config: Config, steps_per_epoch: int):
     return tx, schedule
 
 
-def make_steps(net, tx):
-    """Jitted ``train_step(params, opt_state, inputs, targets)`` and ``predict_step``."""
+def make_steps(net, tx, n_sub: int = 1):
+    """Jitted ``train_step(params, opt_state, inputs, targets)`` and ``predict_step``.
+
+    With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
+    ``n_sub`` padded sub-batches (one per device when sharded, see :class:`DataParallel`);
+    the loss is the mean over every real crystal of all sub-batches, so the result does not
+    depend on how the sub-batches are spread over devices.
+    """
     jax = _jax()
     import jax.numpy as jnp
     import optax
 
-    def loss_fn(params, inputs, targets):
+    def per_graph_loss(params, inputs, targets):
         y = net.apply(params, inputs)  # (G, 21) normalised
-        per_graph = jnp.mean((y - targets) ** 2, axis=-1)  # (G,)
-        mask = inputs["graph_mask"].astype(y.dtype)
+        return jnp.mean((y - targets) ** 2, axis=-1), inputs["graph_mask"].astype(y.dtype)
+
+    def loss_fn(params, inputs, targets):
+        if n_sub == 1:
+            per_graph, mask = per_graph_loss(params, inputs, targets)  # (G,)
+        else:
+            per_graph, mask = jax.vmap(per_graph_loss, in_axes=(None, 0, 0))(
+                params, inputs, targets
+            )  # (n_sub, G)
         loss = jnp.sum(per_graph * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         return loss, per_graph
 
@@ -200,6 +213,118 @@ def make_steps(net, tx):
         return net.apply(params, inputs)
 
     return train_step, predict_step
+
+
+class DataParallel:
+    """Data-parallel training over devices with ``jax.sharding``.
+
+    Each step takes ``n_sub`` padded sub-batches stacked on a leading axis. With several
+    devices, a 1-D ``Mesh`` over them (axis ``data``) shards that axis (``NamedSharding`` with
+    ``P("data")``) and replicates params and optimizer state (``P()``); XLA inserts the
+    gradient all-reduce. Across hosts, start every process with ``E3ELASTIC_DISTRIBUTED=1``
+    (and JAX's coordinator variables) so :func:`maybe_initialize_distributed` calls
+    ``jax.distributed.initialize``; each process then feeds the sub-batches of its own devices.
+    """
+
+    def __init__(self, n_sub: int = 0):
+        jax = _jax()
+        devices = jax.devices()
+        n_sub = int(n_sub) if n_sub else len(devices)
+        if n_sub < 1:
+            raise TrainingError(f"data_parallel must be >= 0, got {n_sub}")
+        self.n_sub = n_sub
+        self.mesh = None
+        if len(devices) > 1 and n_sub % len(devices) == 0:
+            from jax.sharding import Mesh
+
+            self.mesh = Mesh(np.array(devices), ("data",))
+        self.n_devices = len(devices) if self.mesh is not None else 1
+
+    def replicate(self, tree):
+        if self.mesh is None:
+            return tree
+        jax = _jax()
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+    def shard(self, tree):
+        """Place stacked ``(n_sub, ...)`` host arrays, split over the mesh's devices."""
+        if self.mesh is None:
+            return tree
+        jax = _jax()
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+        per = self.n_sub // jax.process_count()
+        lo = jax.process_index() * per
+        return jax.tree.map(
+            lambda a: jax.make_array_from_process_local_data(sharding, a[lo : lo + per]), tree
+        )
+
+
+def maybe_initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` when ``E3ELASTIC_DISTRIBUTED=1`` (multi-host runs)."""
+    if os.environ.get("E3ELASTIC_DISTRIBUTED") == "1":
+        jax = _jax()
+        if jax.process_count() == 1:
+            jax.distributed.initialize()
+
+
+def step_groups(batches, graphs, targets, n_sub: int):
+    """Group an epoch's batches ``n_sub`` at a time, re-padded to one shape per group.
+
+    The last group is filled with all-padding batches. Yields lists of :class:`Batch`.
+    """
+    if n_sub == 1:
+        for b in batches:
+            yield [b]
+        return
+    group: list = []
+
+    def flush(group):
+        bucket = max((g.bucket for g in group), key=lambda b: (b.n_node, b.n_edge))
+        out = []
+        for b in group:
+            idx = [int(i) for i in b.graph_index if i >= 0]
+            if tuple(b.bucket) != tuple(bucket):
+                b = graph_mod.pad_batch(
+                    [graphs[i] for i in idx],
+                    bucket,
+                    None if targets is None else targets[idx],
+                    indices=idx,
+                )
+            out.append(b)
+        tshape = () if targets is None else np.asarray(targets).shape[1:]
+        while len(out) < n_sub:
+            out.append(
+                graph_mod.pad_batch(
+                    [], bucket, np.zeros((0, *tshape)) if targets is not None else None
+                )
+            )
+        return out
+
+    for b in batches:
+        group.append(b)
+        if len(group) == n_sub:
+            yield flush(group)
+            group = []
+    if group:
+        yield flush(group)
+
+
+def stack_inputs(group, dtype):
+    """Model inputs and targets of a step: one batch as is, or ``n_sub`` stacked."""
+    from .model import batch_inputs
+
+    if len(group) == 1:
+        b = group[0]
+        return batch_inputs(b, dtype), b.targets.astype(dtype)
+    parts = [batch_inputs(b, dtype) for b in group]
+    inputs = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+    return inputs, np.stack([b.targets for b in group]).astype(dtype)
 
 
 def _np_dtype(config: Config):
@@ -312,6 +437,7 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train ``config`` in ``workdir``; returns the final metrics (see module docstring)."""
     jax = _jax()
+    maybe_initialize_distributed()
     if config.train.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     elif config.train.dtype != "float32":
@@ -340,15 +466,19 @@ def train_and_evaluate(
     stats = irrep_stats(prep.irreps["train"])
     targets = {p: (prep.irreps[p] - stats["shift"]) / stats["scale"] for p in prep.irreps}
     train_graphs = prep.graphs["train"]
-    steps_per_epoch = sum(
-        1
-        for _ in graph_mod.batches(
-            train_graphs,
-            batch_size=dc.batch_size,
-            buckets=prep.buckets,
-            shuffle=True,
-            seed=epoch_seed(tc.seed, 0),
+    dp = DataParallel(tc.data_parallel)
+    steps_per_epoch = -(
+        -sum(
+            1
+            for _ in graph_mod.batches(
+                train_graphs,
+                batch_size=dc.batch_size,
+                buckets=prep.buckets,
+                shuffle=True,
+                seed=epoch_seed(tc.seed, 0),
+            )
         )
+        // dp.n_sub
     )
 
     net = create_model(config)
@@ -356,7 +486,8 @@ def train_and_evaluate(
     params = init_params(config, batch_inputs(first, dtype), tc.seed)
     tx, schedule = create_optimizer(config, steps_per_epoch)
     opt_state = tx.init(params)
-    train_step, predict_step = make_steps(net, tx)
+    train_step, _ = make_steps(net, tx, dp.n_sub)
+    _, predict_step = make_steps(net, tx)
 
     split_ids = {p: [r.id for r in prep.records[p]] for p in ("train", "val", "test")}
     ckpts = TrainCheckpoints(workdir, max_to_keep=tc.max_to_keep)
@@ -412,36 +543,46 @@ def train_and_evaluate(
         )
 
     eval_bs = dc.batch_size
+    params, opt_state = dp.replicate((params, opt_state))
+    if dp.n_sub > 1:
+        log(f"data parallel: {dp.n_sub} sub-batches per step on {dp.n_devices} device(s)")
     bad_epochs = 0 if best["epoch"] < 0 else max(0, start_epoch - 1 - best["epoch"])
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
         shapes, losses, n_seen = set(), [], 0
         bar = Progress(steps_per_epoch, f"epoch {epoch}", progress)
-        for b in graph_mod.batches(
+        epoch_batches = graph_mod.batches(
             train_graphs,
             targets["train"],
             batch_size=dc.batch_size,
             buckets=prep.buckets,
             shuffle=True,
             seed=epoch_seed(tc.seed, epoch),
-        ):
-            shapes.add(tuple(b.bucket))
+        )
+        for group in step_groups(epoch_batches, train_graphs, targets["train"], dp.n_sub):
+            shapes.add(tuple(group[0].bucket))
+            inputs, tgt = stack_inputs(group, dtype)
             new_params, new_opt, loss, per_graph = train_step(
-                params, opt_state, batch_inputs(b, dtype), b.targets.astype(dtype)
+                params, opt_state, dp.shard(inputs), dp.shard(tgt)
             )
             loss = float(loss)
+            n_real = sum(b.n_real for b in group)
             if not math.isfinite(loss):
-                pg = np.asarray(per_graph)[: b.n_real]
-                bad = [b.ids[i] for i in np.flatnonzero(~np.isfinite(pg))] or list(b.ids)
+                pg = np.asarray(per_graph).reshape(len(group), -1)
+                bad = [
+                    b.ids[i]
+                    for k, b in enumerate(group)
+                    for i in np.flatnonzero(~np.isfinite(pg[k, : b.n_real]))
+                ] or [i for b in group for i in b.ids]
                 raise TrainingError(
                     f"non-finite loss at epoch {epoch} in a batch with {', '.join(bad[:5])}"
                     f"{' ...' if len(bad) > 5 else ''}; stopped without saving this step "
                     f"(the last good checkpoint in {ckpts.directory} is intact)"
                 )
             params, opt_state = new_params, new_opt
-            losses.append((loss, b.n_real))
-            n_seen += b.n_real
-            bar.update(b.n_real, loss)
+            losses.append((loss, n_real))
+            n_seen += n_real
+            bar.update(n_real, loss)
         bar.close()
         t_train = time.perf_counter() - t0
         train_loss = sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
@@ -451,6 +592,7 @@ def train_and_evaluate(
             "lr": float(schedule((epoch + 1) * steps_per_epoch)),
             "train_loss": train_loss,
             "n_shapes": len(shapes),
+            "n_compiled": int(getattr(train_step, "_cache_size", lambda: -1)()),
         }
         improved = False
         if prep.graphs["val"] and (epoch + 1) % tc.eval_every == 0:
@@ -588,8 +730,12 @@ def evaluate_model(
     *,
     split: str = "test",
     log=_log,
+    return_arrays: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a saved model on a dataset the readers accept.
+
+    With ``return_arrays`` the result also holds ``ids``, ``pred_voigt`` and ``true_voigt``
+    (``(n, 6, 6)`` arrays, GPa).
 
     With ``split`` ``train``/``val``/``test``, the crystals are those of the model's own saved
     split that the dataset holds; when the dataset shares no id with that split part (a new
@@ -632,5 +778,9 @@ def evaluate_model(
     out = evaluate_part(pred, good)
     out["evaluated"] = note
     out["skipped"] = bad
+    if return_arrays:
+        out["ids"] = [r.id for r in good]
+        out["pred_voigt"] = tensors.irreps_to_voigt(pred)
+        out["true_voigt"] = np.stack([r.voigt for r in good])
     out["model"] = str(bundle)
     return out
