@@ -491,6 +491,11 @@ def train_and_evaluate(
 
     split_ids = {p: [r.id for r in prep.records[p]] for p in ("train", "val", "test")}
     ckpts = TrainCheckpoints(workdir, max_to_keep=tc.max_to_keep)
+    if not resume and ckpts.steps():
+        raise TrainingError(
+            f"{workdir} already holds checkpoints (steps {ckpts.steps()}); pass --resume to "
+            "continue that run, or use a new --workdir"
+        )
     metrics_path, timing_path = workdir / "metrics.jsonl", workdir / "timing.jsonl"
     start_epoch, best = 0, {"score": math.inf, "epoch": -1}
     if resume:
@@ -515,8 +520,6 @@ def train_and_evaluate(
     if start_epoch == 0:
         for p in (metrics_path, timing_path):
             p.unlink(missing_ok=True)
-    elif ckpts.steps() and not resume:
-        pass
 
     def meta_for(epoch: int) -> dict[str, Any]:
         return {
@@ -592,7 +595,6 @@ def train_and_evaluate(
             "lr": float(schedule((epoch + 1) * steps_per_epoch)),
             "train_loss": train_loss,
             "n_shapes": len(shapes),
-            "n_compiled": int(getattr(train_step, "_cache_size", lambda: -1)()),
         }
         improved = False
         if prep.graphs["val"] and (epoch + 1) % tc.eval_every == 0:
@@ -627,6 +629,9 @@ def train_and_evaluate(
                 "seconds": dt,
                 "train_seconds": t_train,
                 "crystals_per_s": n_seen / max(t_train, 1e-9),
+                "n_shapes": len(shapes),
+                # programs compiled for the train step in this process so far
+                "n_compiled": int(getattr(train_step, "_cache_size", lambda: -1)()),
             },
         )
         val_txt = ""
@@ -719,8 +724,8 @@ def resolve_bundle(path: str | os.PathLike) -> Path:
     p = Path(path)
     if (p / "MANIFEST.json").is_file():
         return p
-    if (p / "best" / "MANIFEST.json").is_file():
-        return p / "best"
+    if (p / "best" / "MANIFEST.json").is_file() or (p / ".best.old" / "MANIFEST.json").is_file():
+        return p / "best"  # load_bundle falls back to .best.old after an interrupted export
     raise TrainingError(f"{p}: no model bundle here (expected MANIFEST.json or best/)")
 
 

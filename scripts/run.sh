@@ -8,4 +8,4 @@ cd "$ROOT"
 if [ "$#" -gt 0 ]; then
     exec e3elastic "$@"
 fi
-exec e3elastic tensor --example all
+exec e3elastic predict "$ROOT"/examples/*.cif

@@ -1,0 +1,109 @@
+"""Copy a run's best bundle into the package as a shipped model, with a README.
+
+    python scripts/export_pretrained.py checkpoints/default --name default
+
+The README states the training data, split sizes, test metrics next to the two trivial
+baselines, and the date, from the run's ``final_metrics.json`` and ``best/info.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(name: str, m: dict) -> str:
+    return (
+        f"| {name} | {m['n']} | {m['mae_voigt_GPa']:.2f} | {m['rel_frobenius']:.3f} | "
+        f"{m['ewt_5']:.2f} / {m['ewt_10']:.2f} / {m['ewt_25']:.2f} | {m['mae_K_VRH_GPa']:.1f} | "
+        f"{m['mae_G_VRH_GPa']:.1f} | {m['mae_log10_K_VRH']:.3f} | {m['mae_log10_G_VRH']:.3f} |"
+    )
+
+
+def metrics_table(final: dict, part: str = "test") -> str:
+    lines = [
+        "| model | n | MAE Voigt (GPa) | rel. Frobenius | EwT 5/10/25 % | MAE K_VRH (GPa) "
+        "| MAE G_VRH (GPa) | MAE log10 K | MAE log10 G |",
+        "|---|---|---|---|---|---|---|---|---|",
+        _row("e3elastic default", final[part]),
+    ]
+    base = final.get("baselines", {}).get(part, {})
+    if base:
+        lines.append(_row("training-mean tensor", base["train_mean"]))
+        lines.append(
+            _row("training-mean tensor per crystal system", base["train_mean_per_crystal_system"])
+        )
+    return "\n".join(lines)
+
+
+def by_system_table(m: dict) -> str:
+    lines = [
+        "| crystal system | n | MAE Voigt (GPa) | rel. Frobenius | EwT 25 % |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in sorted(m.get("by_crystal_system", {}).items()):
+        lines.append(
+            f"| {name} | {r['n']} | {r['mae_voigt_GPa']:.2f} | {r['rel_frobenius']:.3f} "
+            f"| {r['ewt_25']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="run folder with best/ and final_metrics.json")
+    ap.add_argument("--name", default="default")
+    args = ap.parse_args()
+    run = Path(args.run)
+    final = json.loads((run / "final_metrics.json").read_text())
+    info = json.loads((run / "best" / "info.json").read_text())
+    cfg = json.loads((run / "best" / "config.json").read_text())
+    dest = ROOT / "e3elastic" / "pretrained" / args.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for f in ("config.json", "params.npz", "stats.json", "info.json", "MANIFEST.json"):
+        shutil.copy2(run / "best" / f, dest / f)
+    split = info.get("split", {})
+    timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines()]
+    minutes = sum(t["seconds"] for t in timing) / 60
+    readme = f"""# Shipped model `{args.name}`
+
+E(3)-equivariant network (`e3elastic.model.ElasticityNet`, config `{cfg.get("name")}`:
+{cfg["model"]["n_layers"]} interaction blocks, hidden irreps `{cfg["model"]["hidden_irreps"]}`,
+spherical harmonics to l = {cfg["model"]["sh_lmax"]}, cutoff {cfg["model"]["cutoff"]} Å).
+
+- **Training data:** the PBE tensors of `../shared/data` (Materials Project via matminer 2015,
+  StrainNet's MP validation split and the MatTen example), frame-aligned, validated and
+  de-duplicated by `e3elastic.data.load_dataset(subset="pbe")`.
+- **Split:** seeded hash of the material id (seed {cfg["data"]["seed"]}): train
+  {len(split.get("train", []))}, val {len(split.get("val", []))}, test
+  {len(split.get("test", []))} crystals. The ids are in `info.json`.
+- **Training:** {len(timing)} epochs, {minutes:.0f} min on a 2-core CPU (float32); weights from
+  the epoch with the best validation error (epoch {info.get("epoch")}).
+- **Date:** {info.get("trained")}.
+
+## Test metrics (held-out crystals)
+
+{metrics_table(final)}
+
+Relative Frobenius error is ||C_pred - C|| / ||C|| of the full tensor; EwT is the share of crystals
+under 5, 10 and 25 %.
+
+## By crystal system (test)
+
+{by_system_table(final["test"])}
+"""
+    (dest / "README.md").write_text(readme)
+    print(f"wrote {dest}")
+    print(metrics_table(final))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
