@@ -58,7 +58,7 @@ class ModelConfig:
     n_species: int = 100
     avg_num_neighbors: float = 40.0
     envelope_p: int = 6
-    even_last_layer: bool = False
+    even_last_layer: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

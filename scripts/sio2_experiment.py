@@ -80,7 +80,8 @@ def main() -> int:
         }
         for r, p in ok
     ]
-    curves = [json.loads(x) for x in (Path(args.workdir) / "metrics.jsonl").read_text().splitlines()]
+    metrics_file = Path(args.workdir) / "metrics.jsonl"
+    curves = [json.loads(x) for x in metrics_file.read_text().splitlines()]
     wall = time.perf_counter() - t0
     report = {
         "wall_seconds": wall,

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("jax")
 
-import e3elastic  # noqa: E402
-from e3elastic import runtime, tensors  # noqa: E402
+import e3elastic
+from e3elastic import runtime, tensors
 
 runtime.enable_compilation_cache()
 ROOT = Path(__file__).resolve().parents[1]
