@@ -85,3 +85,24 @@ def random_rotation(rng: np.random.Generator, improper: bool = False) -> np.ndar
     if np.linalg.det(q) < 0:
         q[:, 0] *= -1
     return -q if improper else q
+
+
+def quartz_structure():
+    """alpha-quartz, P3_221 (Levien et al. 1980; origin shifted by c/3 to the standard setting)."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup(
+        "P3_221",
+        Lattice.hexagonal(4.916, 5.4054),
+        ["Si", "O"],
+        [[0.4697, 0.0, 2 / 3], [0.4135, 0.2669, 0.1191 + 2 / 3]],
+    )
+
+
+def rotated_structure(structure, R: np.ndarray):
+    """The structure with its lattice (rows) rotated by R; fractional coordinates kept."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(
+        Lattice(structure.lattice.matrix @ R.T), structure.species, structure.frac_coords
+    )

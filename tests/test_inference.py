@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import quartz_structure, rotated_structure
 
 jax = pytest.importorskip("jax")
 
@@ -53,21 +54,8 @@ def ensemble_dir(tmp_path_factory):
     return root
 
 
-def _quartz():
-    from pymatgen.core import Lattice, Structure
-
-    return Structure.from_spacegroup(
-        "P3_221",
-        Lattice.hexagonal(4.916, 5.4054),
-        ["Si", "O"],
-        [[0.4697, 0.0, 2 / 3], [0.4135, 0.2669, 0.1191 + 2 / 3]],
-    )
 
 
-def _rotated(s, R):
-    from pymatgen.core import Lattice, Structure
-
-    return Structure(Lattice(s.lattice.matrix @ R.T), s.species, s.frac_coords)
 
 
 def _rand_rotation(seed):
@@ -77,10 +65,10 @@ def _rand_rotation(seed):
 
 
 def test_rotated_file_gives_rotated_tensor(model_dir, tmp_path):
-    s = _quartz()
+    s = quartz_structure()
     R = _rand_rotation(1)
     s.to(filename=str(tmp_path / "q.cif"))
-    _rotated(s, R).to(filename=str(tmp_path / "q_rot.vasp"), fmt="poscar")
+    rotated_structure(s, R).to(filename=str(tmp_path / "q_rot.vasp"), fmt="poscar")
     a, b = inference.predict([tmp_path / "q.cif", tmp_path / "q_rot.vasp"], model=model_dir)
     assert a["error"] is None and b["error"] is None
     expect = tensors.rotate(a["cartesian_GPa"], R)
@@ -90,7 +78,7 @@ def test_rotated_file_gives_rotated_tensor(model_dir, tmp_path):
 
 
 def test_supercell_file_gives_same_tensor(model_dir, tmp_path):
-    s = _quartz()
+    s = quartz_structure()
     s.to(filename=str(tmp_path / "q.cif"))
     (s * (1, 2, 1)).to(filename=str(tmp_path / "q_sc.cif"))
     a, b = inference.predict([tmp_path / "q.cif", tmp_path / "q_sc.cif"], model=model_dir)
@@ -113,7 +101,7 @@ def test_symmetrize_imposes_point_group(model_dir):
 def test_ensemble_gives_standard_deviations(ensemble_dir):
     model = inference.load_model(ensemble_dir)
     assert model.n_members == 3
-    [r] = inference.predict([_quartz()], model=model)
+    [r] = inference.predict([quartz_structure()], model=model)
     assert r["n_members"] == 3
     assert r["voigt_std_GPa"].shape == (6, 6)
     assert np.all(r["voigt_std_GPa"] >= 0) and r["voigt_std_GPa"].max() > 0
@@ -121,7 +109,7 @@ def test_ensemble_gives_standard_deviations(ensemble_dir):
 
 
 def test_cli_json_schema_and_failures(model_dir, tmp_path, capsys):
-    _quartz().to(filename=str(tmp_path / "quartz.cif"))
+    quartz_structure().to(filename=str(tmp_path / "quartz.cif"))
     (tmp_path / "empty.cif").write_text("")
     (tmp_path / "garbage.cif").write_bytes(bytes(range(256)))
     out = tmp_path / "pred.json"
@@ -162,7 +150,7 @@ def test_cli_json_schema_and_failures(model_dir, tmp_path, capsys):
 
 
 def test_cli_table_and_csv(model_dir, tmp_path, capsys):
-    _quartz().to(filename=str(tmp_path / "quartz.cif"))
+    quartz_structure().to(filename=str(tmp_path / "quartz.cif"))
     assert cli.main(["predict", str(tmp_path), "--model", str(model_dir)]) == 0
     assert "Voigt stiffness" in capsys.readouterr().out
     assert cli.main(["predict", str(tmp_path), "--model", str(model_dir), "--format", "csv"]) == 0
@@ -171,7 +159,7 @@ def test_cli_table_and_csv(model_dir, tmp_path, capsys):
 
 
 def test_unknown_model_is_a_clear_error(tmp_path, capsys):
-    _quartz().to(filename=str(tmp_path / "quartz.cif"))
+    quartz_structure().to(filename=str(tmp_path / "quartz.cif"))
     rc = cli.main(["predict", str(tmp_path / "quartz.cif"), "--model", "no-such-model"])
     assert rc == 2
     assert "no-such-model" in capsys.readouterr().err

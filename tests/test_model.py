@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_rotation, require_data
+from conftest import quartz_structure, random_rotation, require_data, rotated_structure
 
 jax = pytest.importorskip("jax")
 
@@ -31,16 +31,6 @@ def _nacl():
     )
 
 
-def _quartz():
-    from pymatgen.core import Lattice, Structure
-
-    # alpha-quartz, P3_221 (Levien et al. 1980, origin shifted by c/3 to the standard setting)
-    return Structure.from_spacegroup(
-        "P3_221",
-        Lattice.hexagonal(4.916, 5.4054),
-        ["Si", "O"],
-        [[0.4697, 0.0, 2 / 3], [0.4135, 0.2669, 0.1191 + 2 / 3]],
-    )
 
 
 def _real_structures():
@@ -96,11 +86,6 @@ def run():
     return Runner()
 
 
-def _rotated(structure, R):
-    from pymatgen.core import Lattice, Structure
-
-    lat = structure.lattice.matrix @ R.T  # rows are vectors: each rotated
-    return Structure(Lattice(lat), structure.species, structure.frac_coords)
 
 
 def _rel(a, b):
@@ -110,9 +95,9 @@ def _rel(a, b):
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
 @pytest.mark.parametrize("improper", [False, True])
 def test_equivariance_synthetic(run, rng, dtype, tol, improper):
-    s = _quartz()
+    s = quartz_structure()
     R = random_rotation(rng, improper=improper)
-    c, c_rot = run([s, _rotated(s, R)], dtype)
+    c, c_rot = run([s, rotated_structure(s, R)], dtype)
     assert np.max(np.abs(c[0])) > 1e-3  # the model output is not trivially zero
     assert _rel(c_rot, tensors.rotate(c, R)) < tol
 
@@ -123,23 +108,23 @@ def test_equivariance_real_crystals(run, rng, dtype, tol):
     for improper in (False, True):
         R = random_rotation(rng, improper=improper)
         c = run(structures, dtype)
-        c_rot = run([_rotated(s, R) for s in structures], dtype)
+        c_rot = run([rotated_structure(s, R) for s in structures], dtype)
         for a, b in zip(c, c_rot, strict=True):
             assert _rel(b, tensors.rotate(a, R)) < tol
 
 
 def test_rotation_actually_changes_the_tensor(run, rng):
     # guards the equivariance tests: the prediction is not rotation invariant by accident
-    s = _quartz()
+    s = quartz_structure()
     R = random_rotation(rng)
-    c, c_rot = run([s, _rotated(s, R)])
+    c, c_rot = run([s, rotated_structure(s, R)])
     assert _rel(c_rot, c) > 1e-3
 
 
 def test_atom_order_invariance(run, rng):
     from pymatgen.core import Structure
 
-    s = _quartz()
+    s = quartz_structure()
     perm = rng.permutation(len(s))
     s2 = Structure(s.lattice, [s.species[i] for i in perm], s.frac_coords[perm])
     c = run([s, s2])
@@ -147,13 +132,13 @@ def test_atom_order_invariance(run, rng):
 
 
 def test_supercell_invariance(run):
-    s = _quartz()
+    s = quartz_structure()
     c = run([s, s * (2, 1, 1)])
     assert _rel(c[1], c[0]) < 1e-10
 
 
 def test_batch_and_padding_invariance(run):
-    s, other = _quartz(), _nacl()
+    s, other = quartz_structure(), _nacl()
     alone = run([s])[0]
     with_others = run([other, s, other])[1]
     bigger = run([s], bucket=G.Bucket(400, 20000, 9))[0]

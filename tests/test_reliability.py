@@ -61,6 +61,7 @@ pytest.importorskip("hypothesis")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from test_train import ROCKSALT, _cubic_voigt  # noqa: E402
 
 from e3elastic import checkpoint as ckpt  # noqa: E402
 from e3elastic import config as C  # noqa: E402
@@ -74,24 +75,6 @@ EPOCHS_SLOW = 14  # the repeated-kill test
 CALL_LIMIT_S = 30.0  # hostile input: the most one call may take
 SUBPROCESS_TIMEOUT_S = 300.0
 
-ROCKSALT = [
-    ("Na", "Cl", 5.64),
-    ("Mg", "O", 4.21),
-    ("K", "Cl", 6.29),
-    ("Li", "F", 4.03),
-    ("Ca", "O", 4.81),
-    ("Ba", "O", 5.52),
-    ("Na", "F", 4.63),
-    ("K", "Br", 6.60),
-    ("Sr", "O", 5.16),
-    ("Li", "Cl", 5.13),
-    ("Rb", "Cl", 6.58),
-    ("Ag", "Cl", 5.55),
-    ("Pb", "S", 5.94),
-    ("Ti", "C", 4.33),
-    ("Zr", "C", 4.70),
-    ("Ti", "N", 4.24),
-]
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,12 +109,6 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def _cubic_voigt(c11, c12, c44):
-    v = np.zeros((6, 6))
-    v[:3, :3] = c12
-    v[np.arange(3), np.arange(3)] = c11
-    v[3:, 3:] = np.diag([c44] * 3)
-    return v
 
 
 def _rocksalt(a_el, b_el, a):

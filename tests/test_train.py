@@ -189,3 +189,35 @@ def test_bundle_refuses_damage_and_wrong_shapes(tmp_path):
     b2 = ckpt.export_bundle(tmp_path / "b2", bigger, params, stats)
     with pytest.raises(ckpt.CheckpointError, match="do not match"):
         ckpt.load_bundle(b2)
+
+
+def test_an_epoch_compiles_at_most_one_program_per_bucket(tmp_path):
+    # crystals of several sizes (primitive, conventional and 2x2x2 cells) so that the batches
+    # fall into several buckets
+    from pymatgen.core import Lattice, Structure
+
+    rows = []
+    for k, (a_el, b_el, a) in enumerate(ROCKSALT):
+        conv = Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(a), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        )
+        s = [conv.get_primitive_structure(), conv, conv * (2, 1, 1)][k % 3]
+        scale = (5.0 / a) ** 4
+        rows.append(
+            {
+                "id": f"size:{a_el}{b_el}",
+                "structure": s.as_dict(),
+                "voigt_GPa": _cubic_voigt(120 * scale, 40 * scale, 30 * scale).tolist(),
+            }
+        )
+    f = tmp_path / "sizes.json"
+    f.write_text(json.dumps(rows))
+    ds = data.load_dataset(f, subset="all", cache_dir=tmp_path / "cache")
+    cfg = C.tiny().override(["data.batch_size=3", "data.n_buckets=3", "train.epochs=2"])
+    prep = train.prepare_data(cfg, dataset=ds)
+    assert len(prep.buckets) >= 2
+    train.train_and_evaluate(cfg, tmp_path / "run", prepared=prep, progress=False)
+    timing = [json.loads(x) for x in (tmp_path / "run" / "timing.jsonl").read_text().splitlines()]
+    for t in timing:
+        assert 1 <= t["n_shapes"] <= len(prep.buckets)
+        assert 1 <= t["n_compiled"] <= len(prep.buckets)
