@@ -66,3 +66,13 @@ def test_quartz_prediction_has_trigonal_form(quartz):
     assert abs(v[5, 5] - 0.5 * (v[0, 0] - v[0, 1])) < 1e-5 * scale
     assert np.abs(v[0, 4:]).max() < 1e-5 * scale
     assert tensors.born_stability(v)["stable"]
+
+
+def test_shipped_ensemble_gives_spread():
+    model = e3elastic.load_model("ensemble")
+    assert model.n_members == 3
+    [r] = e3elastic.predict([ROOT / "examples" / "silicon.cif"], model=model)
+    assert r["error"] is None
+    std = r["voigt_std_GPa"]
+    assert std[0, 0] > 0 and std[3, 3] > 0
+    assert np.abs(std[0, 3:]).max() < 1e-3  # components zero by symmetry have no spread
