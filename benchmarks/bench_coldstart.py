@@ -41,8 +41,11 @@ def main() -> None:
         warm = [_time(cmd, env) for _ in range(2)]
     env = dict(os.environ, E3ELASTIC_JAX_CACHE="off")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import e3elastic.inference, jax, pymatgen.core"],
-                   env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import e3elastic.inference, jax, pymatgen.core"],
+        env=env,
+        check=True,
+    )
     imports = time.perf_counter() - t
     result = {
         "command": " ".join(cmd[1:]),

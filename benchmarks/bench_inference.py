@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+from _env import environment
 
 
 def main() -> None:
@@ -91,12 +91,7 @@ def main() -> None:
         "crystals": len(graphs),
         "rows": rows,
         "peak_rss_MB": peak_rss_mb,
-        "device": str(jax.devices()[0].device_kind),
-        "platform": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **environment(),
     }
     print("| batch | crystals/s | ms/crystal | compile s | GFLOP/crystal | GFLOP/s |")
     print("|---|---|---|---|---|---|")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from _env import environment
 
 
 def main() -> None:
@@ -90,12 +90,7 @@ def main() -> None:
         "speedup": speedup,
         "crystals": len(graphs),
         "mean_edges_per_crystal": float(np.mean([g.n_edge for g in graphs])),
-        "device": str(jax.devices()[0].device_kind),
-        "platform": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **environment(),
     }
     print("| version | params | crystals/s | ms/crystal | compile s |")
     print("|---|---|---|---|---|")

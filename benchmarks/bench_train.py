@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from _env import environment
 
 
 def main() -> None:
@@ -90,12 +90,7 @@ def main() -> None:
         "steps": k,
         "crystals_per_s": n_cryst / t_run,
         "ms_per_crystal": 1000 * t_run / n_cryst,
-        "device": str(jax.devices()[0].device_kind),
-        "platform": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **environment(),
     }
     print("| config | params | edges/crystal | compile s | crystals/s | ms/crystal |")
     print("|---|---|---|---|---|---|")
