@@ -291,6 +291,7 @@ def expected_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
         "node_graph": jnp.zeros(n, jnp.int32),
         "node_mask": jnp.ones(n, bool),
         "graph_mask": jnp.ones(g, bool),
+        "theory": jnp.zeros(g, jnp.int32),
     }
     net = ElasticityNet(config.model)
     shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), inputs)

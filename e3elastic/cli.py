@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from e3elastic import __version__
+from e3elastic.config import THEORIES
 
 
 class CLIError(Exception):
@@ -293,7 +294,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 sys.stderr.write("\n")
             sys.stderr.flush()
 
-    results = pr.predict(inputs, model, symmetrize=args.symmetrize, progress=bar)
+    try:
+        model.theory_index(args.theory)
+    except pr.PredictError as e:
+        raise CLIError(str(e)) from None
+    results = pr.predict(
+        inputs, model, symmetrize=args.symmetrize, progress=bar, theory=args.theory
+    )
     text = _format_predictions(results, args.format)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
@@ -350,6 +357,13 @@ def _add_model_commands(sub) -> None:
     pr.add_argument("--model", default=None, help="shipped model name or bundle folder")
     pr.add_argument("--format", default="table", choices=("table", "json", "csv"))
     pr.add_argument("--symmetrize", action="store_true", help="impose the point group exactly")
+    pr.add_argument(
+        "--theory",
+        default="pbe",
+        choices=[t.lower() for t in THEORIES],
+        help="level of theory of the predicted tensor (default pbe; b3lyp-d2 for the "
+        "SiO2 zeolites' functional)",
+    )
     pr.add_argument("--out", default=None, help="write to this file instead of stdout")
     pr.add_argument("--mp-id", action="append", default=[], help="a Materials Project id")
     pr.set_defaults(func=_cmd_predict)

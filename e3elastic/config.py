@@ -26,9 +26,30 @@ __all__ = [
     "TrainConfig",
     "default",
     "large",
+    "THEORIES",
+    "HEADS",
     "preset",
+    "theory_index",
     "tiny",
 ]
+
+#: Levels of theory a model can be told about (``predict --theory``), in input-index order.
+THEORIES = ("PBE", "B3LYP-D2")
+#: Output heads of the network (see :class:`ModelConfig`).
+HEADS = ("linear", "log")
+
+
+def theory_index(name: str) -> int:
+    """Index of a level of theory in :data:`THEORIES` (case-insensitive); ``ValueError`` if
+    unknown."""
+    key = str(name).strip().upper()
+    for i, t in enumerate(THEORIES):
+        if t == key:
+            return i
+    raise ValueError(
+        f"unknown level of theory {name!r}; "
+        f"the model knows {', '.join(t.lower() for t in THEORIES)}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +68,16 @@ class ModelConfig:
         envelope_p: exponent of the polynomial cutoff envelope.
         even_last_layer: the last block makes only the irreps the readout uses (0e, 2e, 4e),
             skipping tensor-product paths whose results would be discarded.
+        head: what the 21 output irreps are. ``linear``: the irreps of C itself (GPa).
+            ``log``: the irreps of the matrix logarithm ``L = logm(Mandel(C) / log_reference)``;
+            the prediction is ``C = log_reference * expm(L)``, positive-definite for any
+            output, and the loss is the log-Euclidean distance (relative errors).
+        log_reference: the stiffness unit of the ``log`` head (GPa).
+        element_descriptors: species enter through physical descriptors of the element
+            (:mod:`e3elastic.elements`) plus a learned per-element correction that starts at
+            zero, so an element never seen in training is placed by its chemistry.
+        n_theories: number of levels of theory the model distinguishes (``THEORIES``; 0: no
+            theory input). Each gets a learned vector added to every atom's scalars.
     """
 
     cutoff: float = 5.0
@@ -59,6 +90,18 @@ class ModelConfig:
     avg_num_neighbors: float = 40.0
     envelope_p: int = 6
     even_last_layer: bool = True
+    head: str = "linear"
+    log_reference: float = 100.0
+    element_descriptors: bool = False
+    n_theories: int = 0
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
+        if not 0 <= int(self.n_theories) <= len(THEORIES):
+            raise ValueError(f"model.n_theories must be in 0..{len(THEORIES)}")
+        if not float(self.log_reference) > 0:
+            raise ValueError("model.log_reference must be a positive stiffness (GPa)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +132,13 @@ class TrainConfig:
     ``dtype`` is ``float32`` or ``float64``. ``data_parallel`` is the number of padded
     sub-batches per optimisation step, each on its own device when there are enough (0: one per
     local device, so a single device trains exactly as without it).
+
+    Volume augmentation (``volume_strain`` > 0): in each step a share ``volume_fraction`` of the
+    crystals has its lattice and positions scaled by a factor ``s`` drawn uniformly from
+    ``[1 - volume_strain, 1 + volume_strain]`` (the neighbour list is kept; edges leaving the
+    cutoff fade out through the envelope), and its target becomes ``C (V0/V)^volume_exponent``
+    with ``V/V0 = s^3``: Murnaghan's law ``K(V) = K0 (V0/V)^K'`` with ``K' = volume_exponent``,
+    applied to every component.
     """
 
     seed: int = 0
@@ -105,6 +155,9 @@ class TrainConfig:
     max_minutes: float = 0.0
     dtype: str = "float32"
     data_parallel: int = 0
+    volume_strain: float = 0.0
+    volume_fraction: float = 0.5
+    volume_exponent: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,16 +218,31 @@ class Config:
         return Config.from_dict(d)
 
 
+#: What every preset's network reads and predicts: the log head, element descriptors and the
+#: level of theory (the dataclass defaults keep older saved configs loading unchanged).
+_PHYSICS = {"head": "log", "element_descriptors": True, "n_theories": len(THEORIES)}
+
+
 def default() -> Config:
-    """The CPU-sized default: 2 interaction blocks, l_max 4, 32 scalar channels."""
-    return Config(name="default")
+    """The CPU-sized default: 2 interaction blocks, l_max 4, 32 scalar channels, log head,
+    trained on PBE and B3LYP-D2 data together with +-3 % volume augmentation."""
+    return Config(
+        model=ModelConfig(**_PHYSICS),
+        data=DataConfig(subset="all", max_sites=420),
+        train=TrainConfig(volume_strain=0.03),
+        name="default",
+    )
 
 
 def tiny() -> Config:
     """A model that compiles in seconds, for tests and smoke runs."""
     return Config(
         model=ModelConfig(
-            n_radial=6, radial_hidden=(16,), hidden_irreps="8x0e+2x1o+2x2e+2x4e", n_layers=2
+            n_radial=6,
+            radial_hidden=(16,),
+            hidden_irreps="8x0e+2x1o+2x2e+2x4e",
+            n_layers=2,
+            **_PHYSICS,
         ),
         data=DataConfig(batch_size=8, n_buckets=2),
         train=TrainConfig(epochs=20, patience=10, warmup_epochs=1.0),
@@ -186,10 +254,13 @@ def large() -> Config:
     """A wider, deeper model for accelerators."""
     return Config(
         model=ModelConfig(
-            hidden_irreps="64x0e+16x1o+16x2e+8x3o+8x4e", n_layers=3, radial_hidden=(64, 64)
+            hidden_irreps="64x0e+16x1o+16x2e+8x3o+8x4e",
+            n_layers=3,
+            radial_hidden=(64, 64),
+            **_PHYSICS,
         ),
-        data=DataConfig(batch_size=32),
-        train=TrainConfig(epochs=400, patience=50),
+        data=DataConfig(subset="all", max_sites=420, batch_size=32),
+        train=TrainConfig(epochs=400, patience=50, volume_strain=0.03),
         name="large",
     )
 

@@ -86,8 +86,28 @@ class Model:
             self._predict = jax.jit(net.apply)
         return self._predict
 
-    def predict_irreps(self, graphs: Sequence[Any], batch_size: int = 8) -> np.ndarray:
-        """``(n_members, n, 21)`` irreps in GPa for graphs."""
+    def theory_index(self, theory: str | None) -> int:
+        """Input index of a level of theory; ``PredictError`` if the model cannot take it."""
+        if theory is None:
+            return 0
+        from .config import THEORIES, theory_index
+
+        try:
+            i = theory_index(theory)
+        except ValueError as e:
+            raise PredictError(str(e)) from None
+        if i >= max(1, self.config.model.n_theories):
+            raise PredictError(
+                f"this model was trained for {THEORIES[0].lower()} only; "
+                f"it cannot predict {theory!r}"
+            )
+        return i
+
+    def predict_irreps(
+        self, graphs: Sequence[Any], batch_size: int = 8, theory: int = 0
+    ) -> np.ndarray:
+        """``(n_members, n, 21)`` denormalised head outputs for graphs (irreps of C in GPa, or of
+        its logarithm for a log-head model; :meth:`voigt` turns them into C)."""
         from .model import batch_inputs
 
         fn = self._fn()
@@ -96,12 +116,18 @@ class Model:
             return out
         buckets = _inference_buckets(graphs, batch_size)
         for b in graph_mod.batches(graphs, batch_size=batch_size, buckets=buckets):
-            inp = batch_inputs(b, np.float32)
+            inp = batch_inputs(b, np.float32, theory)
             real = b.graph_index >= 0
             for k, (params, stats) in enumerate(self.members):
                 y = np.asarray(fn(params, inp), np.float64)
                 out[k, b.graph_index[real]] = stats["shift"] + stats["scale"] * y[real]
         return out
+
+    def voigt(self, outputs: np.ndarray) -> np.ndarray:
+        """Voigt stiffness ``(..., 6, 6)`` (GPa) from :meth:`predict_irreps` outputs."""
+        from .model import voigt_from_outputs
+
+        return voigt_from_outputs(outputs, self.config.model)
 
 
 def _inference_buckets(graphs, batch_size):
@@ -325,14 +351,18 @@ def predict(
     batch_size: int = 8,
     progress=None,
     max_edges: int | None = MAX_EDGES,
+    theory: str | None = None,
 ) -> list[dict[str, Any]]:
     """Predict C for each structure (see the module docstring for the result fields).
 
     ``progress(done, total)`` is called after each batch when given. A structure with more
     than ``max_edges`` neighbour pairs (None: no limit) gets an error instead of a result.
+    ``theory`` (``pbe``, the default, or ``b3lyp-d2``) is the level of theory whose tensor
+    the model should give, for a model trained on several.
     """
     if not isinstance(model, Model):
         model = load_model(model)
+    theory_input = model.theory_index(theory)
     items = list(structures)
     results: list[dict[str, Any]] = []
     good: list[tuple[int, Any, Any]] = []  # (result index, structure, graph)
@@ -359,13 +389,19 @@ def predict(
     for start in range(0, len(good), max(1, batch_size) * 8):
         chunk = good[start : start + max(1, batch_size) * 8]
         try:
-            irreps = model.predict_irreps([g for _, _, g in chunk], batch_size)  # (M, n, 21)
+            irreps = model.predict_irreps(
+                [g for _, _, g in chunk], batch_size, theory_input
+            )  # (M, n, 21)
         except Exception:  # e.g. out of memory: retry one by one, so only the culprit fails
             irreps = None
         for j, (i, s, g) in enumerate(chunk):
             try:
-                one = irreps[:, j] if irreps is not None else model.predict_irreps([g], 1)[:, 0]
-                results[i].update(_finish(one, s, symmetrize))
+                one = (
+                    irreps[:, j]
+                    if irreps is not None
+                    else model.predict_irreps([g], 1, theory_input)[:, 0]
+                )
+                results[i].update(_finish(model.voigt(one), s, symmetrize))
             except Exception as e:  # non-finite output, singular tensor, model failure
                 results[i]["error"] = f"prediction failed: {_short(e)}"
         done += len(chunk)
@@ -378,8 +414,8 @@ def predict(
     return results
 
 
-def _finish(member_irreps: np.ndarray, structure, symmetrize: bool) -> dict[str, Any]:
-    carts = tensors.irreps_to_cartesian(member_irreps)  # (M, 3, 3, 3, 3)
+def _finish(member_voigts: np.ndarray, structure, symmetrize: bool) -> dict[str, Any]:
+    carts = tensors.voigt_to_cartesian(member_voigts)  # (M, 3, 3, 3, 3)
     if symmetrize:
         carts = tensors.symmetrize(carts, point_group_rotations(structure))
     voigts = tensors.cartesian_to_voigt(carts)
@@ -387,6 +423,11 @@ def _finish(member_irreps: np.ndarray, structure, symmetrize: bool) -> dict[str,
         raise ValueError("the model gave non-finite values")
     mean = voigts.mean(axis=0)
     props = tensors.derived_properties(mean)
+    if not all(np.isfinite(props[k]) for k in ("K_VRH_GPa", "G_VRH_GPa")):
+        raise ValueError(
+            "the model gave an extreme tensor (condition number beyond float64); "
+            "no finite moduli"
+        )
     out: dict[str, Any] = {
         "voigt_GPa": mean,
         "cartesian_GPa": tensors.voigt_to_cartesian(mean),

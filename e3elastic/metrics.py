@@ -5,7 +5,10 @@ For each crystal, with C and C_pred as 3x3x3x3 Cartesian tensors:
 * ``mae_voigt_GPa``: mean absolute error over the 36 Voigt components;
 * ``rel_frobenius``: ``||C_pred - C|| / ||C||`` (Frobenius norm of the full tensor, which is
   rotation invariant), averaged over crystals;
+* ``median_rel_frobenius``: the median of the same;
 * ``ewt_5``, ``ewt_10``, ``ewt_25``: share of crystals with relative error under 5, 10, 25 %;
+* ``positive_definite``: share of predictions whose Mandel matrix is positive-definite (Born
+  stable);
 * ``mae_K_VRH_GPa``, ``mae_G_VRH_GPa`` and the same in log10 (moduli clipped at 1e-3 GPa before
   the log, since a poor prediction can have a non-positive Hill average).
 
@@ -44,6 +47,7 @@ def per_crystal_errors(pred_voigt: np.ndarray, true_voigt: np.ndarray) -> dict[s
         "K_true": kt,
         "G_pred": gp,
         "G_true": gt,
+        "pd_pred": np.linalg.eigvalsh(tensors.voigt_to_mandel(p)).min(axis=-1) > 0,
     }
 
 
@@ -66,6 +70,8 @@ def _summarise(e: dict[str, np.ndarray]) -> dict[str, Any]:
         "n": int(n),
         "mae_voigt_GPa": float(e["abs_voigt"].mean()),
         "rel_frobenius": float(rel.mean()),
+        "median_rel_frobenius": float(np.median(rel)),
+        "positive_definite": float(np.mean(e["pd_pred"])),
         "ewt_5": float(np.mean(rel < 0.05)),
         "ewt_10": float(np.mean(rel < 0.10)),
         "ewt_25": float(np.mean(rel < 0.25)),

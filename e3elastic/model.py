@@ -2,7 +2,10 @@
 
 Linen modules on e3nn-jax core functions (no haiku):
 
-* a species embedding (scalars ``0e``);
+* a species embedding (scalars ``0e``): a learned table row per element, or (with
+  ``element_descriptors``) an MLP of the element's physical descriptors plus a per-element
+  correction that starts at zero; with ``n_theories`` a learned vector per level of theory is
+  added;
 * ``n_layers`` interaction blocks. Each is a point convolution: edge spherical harmonics up to
   ``sh_lmax``, a radial MLP on a Bessel basis times a polynomial cutoff envelope, and the tensor
   product of sender features with the harmonics, weighted per path by the radial MLP. Messages
@@ -18,6 +21,12 @@ prediction as ``C'_ijkl = R_ia R_jb R_kc R_ld C_abcd``.
 The output is in normalised units: ``irreps = shift + scale * output`` with per-irrep statistics
 of the training targets (see :func:`denormalise`). Inputs are the arrays of a padded
 :class:`e3elastic.graph.Batch` (:func:`batch_inputs`).
+
+What the irreps are depends on ``config.head`` (:func:`targets_from_voigt`,
+:func:`voigt_from_outputs`): C itself in GPa (``linear``), or the log-stiffness
+``L = logm(Mandel(C) / log_reference)`` (``log``), whose exponential is positive-definite
+whatever the network outputs. A symmetric-matrix function commutes with the orthogonal Mandel
+form of a rotation, so the log head is exactly as equivariant as the linear one.
 """
 
 from __future__ import annotations
@@ -30,9 +39,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import tensors
 from .config import ModelConfig
 
-__all__ = ["OUTPUT_IRREPS", "ElasticityNet", "batch_inputs", "denormalise", "edge_vectors"]
+__all__ = [
+    "OUTPUT_IRREPS",
+    "ElasticityNet",
+    "batch_inputs",
+    "denormalise",
+    "edge_vectors",
+    "targets_from_voigt",
+    "voigt_from_outputs",
+    "voigt_from_outputs_jax",
+]
 
 #: Irreps of the elasticity tensor: 2 scalars, 2 quadrupoles and 1 hexadecapole (21 numbers).
 OUTPUT_IRREPS = e3nn.Irreps("2x0e+2x2e+1x4e")
@@ -49,17 +68,31 @@ INPUT_FIELDS = (
     "node_graph",
     "node_mask",
     "graph_mask",
+    "theory",
 )
 
 
-def batch_inputs(batch: Any, dtype: Any = np.float32) -> dict[str, np.ndarray]:
-    """The model's input dict from a :class:`~e3elastic.graph.Batch` (floats cast to ``dtype``)."""
+def batch_inputs(batch: Any, dtype: Any = np.float32, theory: Any = None) -> dict[str, np.ndarray]:
+    """The model's input dict from a :class:`~e3elastic.graph.Batch` (floats cast to ``dtype``).
+
+    ``theory``: level-of-theory index (:data:`e3elastic.config.THEORIES`) of every graph, as one
+    int for all, or an array indexed like the batch's input list (``batch.graph_index``);
+    padding slots get 0. None means 0 (PBE) everywhere.
+    """
     out = {}
     for name in INPUT_FIELDS:
+        if name == "theory":
+            continue
         a = np.asarray(getattr(batch, name))
         if a.dtype.kind == "f":
             a = a.astype(dtype)
         out[name] = a
+    index = np.asarray(batch.graph_index)
+    if theory is None or np.ndim(theory) == 0:
+        t = np.full(index.shape, 0 if theory is None else int(theory), np.int32)
+    else:
+        t = np.asarray(theory, np.int32)[np.maximum(index, 0)]
+    out["theory"] = np.where(index >= 0, t, 0).astype(np.int32)  # (G,)
     return out
 
 
@@ -138,6 +171,45 @@ class Interaction(nn.Module):
         return (skip + h).regroup()
 
 
+class SpeciesEmbedding(nn.Module):
+    """Initial atom scalars ``(N, n_scalar)`` from species (and level of theory)."""
+
+    config: ModelConfig
+    n_scalar: int
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array]) -> jax.Array:
+        cfg = self.config
+        species = inputs["species"]  # (N,)
+        if not cfg.element_descriptors:
+            emb = nn.Embed(cfg.n_species, self.n_scalar, name="embed", param_dtype=jnp.float32)
+            h = emb(species)
+        else:
+            from .elements import descriptor_table
+
+            table = jnp.asarray(descriptor_table()[: cfg.n_species], jnp.float32)  # (Z, F)
+            d = table[species]  # (N, F)
+            d = jax.nn.silu(nn.Dense(self.n_scalar, name="descriptor_in")(d))
+            h = nn.Dense(self.n_scalar, name="descriptor_out")(d)
+            # per-element correction; an element absent from training keeps exactly zero
+            h = h + nn.Embed(
+                cfg.n_species,
+                self.n_scalar,
+                embedding_init=nn.initializers.zeros,
+                name="element_correction",
+            )(species)
+        if cfg.n_theories:
+            theory = inputs["theory"]  # (G,)
+            per_graph = nn.Embed(
+                cfg.n_theories,
+                self.n_scalar,
+                embedding_init=nn.initializers.zeros,
+                name="theory",
+            )(theory)  # (G, S)
+            h = h + per_graph[inputs["node_graph"]]
+        return h  # (N, S)
+
+
 class ElasticityNet(nn.Module):
     """Crystal graphs -> normalised irreps ``(G, 21)`` of C_ijkl (see module docstring)."""
 
@@ -165,8 +237,13 @@ class ElasticityNet(nn.Module):
 
         hidden = e3nn.Irreps(cfg.hidden_irreps)
         n_scalar = sum(m for m, ir in hidden if ir == e3nn.Irrep("0e"))
-        emb = nn.Embed(cfg.n_species, n_scalar, name="embed", param_dtype=jnp.float32)
-        h = e3nn.IrrepsArray(f"{n_scalar}x0e", emb(inputs["species"]).astype(dtype))  # (N, S)
+        if cfg.element_descriptors or cfg.n_theories:
+            h0 = SpeciesEmbedding(cfg, n_scalar, name="species")(inputs)
+        else:  # the original table, at the parameter path older bundles use
+            h0 = nn.Embed(cfg.n_species, n_scalar, name="embed", param_dtype=jnp.float32)(
+                inputs["species"]
+            )
+        h = e3nn.IrrepsArray(f"{n_scalar}x0e", h0.astype(dtype))  # (N, S)
 
         for i in range(cfg.n_layers):
             layer_irreps = hidden
@@ -196,6 +273,46 @@ class ElasticityNet(nn.Module):
 def denormalise(y: jax.Array, stats: dict[str, Any]) -> jax.Array:
     """Normalised model output -> irreps coefficients in GPa: ``shift + scale * y``."""
     return jnp.asarray(stats["shift"], y.dtype) + jnp.asarray(stats["scale"], y.dtype) * y
+
+
+def targets_from_voigt(voigt: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """``(n, 21)`` irreps the network learns for Voigt tensors ``(n, 6, 6)`` (GPa).
+
+    ``linear``: the irreps of C (GPa). ``log``: the irreps of ``logm(Mandel(C) / reference)``
+    (dimensionless); ``ValueError`` if a tensor is not positive-definite.
+    """
+    voigt = np.asarray(voigt, np.float64)
+    if config.head == "log":
+        return tensors.voigt_to_irreps(tensors.log_voigt(voigt, config.log_reference))
+    return tensors.voigt_to_irreps(voigt)
+
+
+def voigt_from_outputs(irreps: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """Voigt stiffness ``(..., 6, 6)`` (GPa) from denormalised irreps ``(..., 21)`` (numpy)."""
+    v = tensors.irreps_to_voigt(np.asarray(irreps, np.float64))
+    if config.head == "log":
+        return tensors.exp_voigt(v, config.log_reference)
+    return v
+
+
+def voigt_from_outputs_jax(irreps: jax.Array, config: ModelConfig) -> jax.Array:
+    """Differentiable :func:`voigt_from_outputs` in JAX, ``(G, 21) -> (G, 6, 6)``.
+
+    The log head uses ``jax.scipy.linalg.expm``, whose gradient stays finite where the
+    eigenvalues are degenerate (cubic and hexagonal crystals), unlike one through ``eigh``.
+    For a loss on C itself; training in log space needs no matrix function.
+    """
+    basis = jnp.asarray(tensors.elasticity_basis(), irreps.dtype)  # (3, 3, 3, 3, 21)
+    cart = jnp.einsum("ijklc,gc->gijkl", basis, irreps)
+    i = np.array([p[0] for p in tensors.VOIGT_PAIRS])
+    j = np.array([p[1] for p in tensors.VOIGT_PAIRS])
+    v = cart[:, i[:, None], j[:, None], i[None, :], j[None, :]]  # (G, 6, 6)
+    if config.head != "log":
+        return v
+    w = jnp.asarray([1.0, 1.0, 1.0, np.sqrt(2.0), np.sqrt(2.0), np.sqrt(2.0)], irreps.dtype)
+    m = v * w[:, None] * w[None, :]
+    m = jax.vmap(jax.scipy.linalg.expm)(m)
+    return config.log_reference * m / (w[:, None] * w[None, :])
 
 
 def irrep_stats(irreps: np.ndarray) -> dict[str, np.ndarray]:

@@ -42,6 +42,9 @@ __all__ = [
     "cartesian_to_voigt",
     "voigt_to_mandel",
     "mandel_to_voigt",
+    "log_voigt",
+    "exp_voigt",
+    "MANDEL_IDENTITY_VOIGT",
     "compliance_voigt",
     "compliance_cartesian",
     "elasticity_basis",
@@ -206,6 +209,48 @@ def mandel_to_voigt(C_mandel) -> np.ndarray:
     """Mandel matrix -> Voigt stiffness (inverse of :func:`voigt_to_mandel`)."""
     m = _check_voigt(C_mandel, "Mandel matrix")
     return m / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
+
+
+def log_voigt(C_voigt, reference: float = 1.0) -> np.ndarray:
+    """Matrix logarithm of a positive-definite stiffness, in Voigt layout (dimensionless).
+
+    ``L = logm(Mandel(C) / reference)`` via ``eigh``, returned as the Voigt matrix whose Mandel
+    form is ``L``. Because the Mandel form of a rotation is an orthogonal 6x6 matrix ``Q`` and
+    ``logm(Q M Q^T) = Q logm(M) Q^T``, ``L`` rotates exactly like a stiffness tensor: it has the
+    same 21 irreps (2x0e+2x2e+1x4e). Raises ``ValueError`` if C is not positive-definite.
+
+    >>> C = isotropic_voigt(100.0, 50.0)
+    >>> bool(np.allclose(exp_voigt(log_voigt(C, 100.0), 100.0), C))
+    True
+    """
+    m = voigt_to_mandel(C_voigt) / float(reference)
+    w, v = np.linalg.eigh(m)
+    if not np.all(w > 0):
+        bad = np.argwhere(~np.all(w > 0, axis=-1))
+        where = f" at batch index {tuple(int(i) for i in bad[0])}" if m.ndim > 2 else ""
+        raise ValueError(f"elastic tensor is not positive-definite{where}; it has no logarithm")
+    log_m = np.einsum("...ik,...k,...jk->...ij", v, np.log(w), v)
+    return mandel_to_voigt(0.5 * (log_m + np.swapaxes(log_m, -1, -2)))
+
+
+def exp_voigt(L_voigt, reference: float = 1.0) -> np.ndarray:
+    """Inverse of :func:`log_voigt`: ``C = reference * expm(Mandel(L))`` (Voigt, GPa).
+
+    The result is positive-definite for any symmetric ``L``; a non-finite ``L`` or one so large
+    that ``expm`` overflows raises ``ValueError``.
+    """
+    m = voigt_to_mandel(L_voigt)
+    w, v = np.linalg.eigh(0.5 * (m + np.swapaxes(m, -1, -2)))
+    if np.any(w > 700.0):
+        raise ValueError("log-stiffness too large: its exponential overflows float64")
+    exp_m = np.einsum("...ik,...k,...jk->...ij", v, np.exp(w), v)
+    return mandel_to_voigt(float(reference) * 0.5 * (exp_m + np.swapaxes(exp_m, -1, -2)))
+
+
+#: Voigt form of the 6x6 identity in Mandel space (the symmetric identity tensor I_s):
+#: adding ``t * MANDEL_IDENTITY_VOIGT`` to :func:`log_voigt` multiplies C by ``exp(t)``.
+MANDEL_IDENTITY_VOIGT = np.diag([1.0, 1.0, 1.0, 0.5, 0.5, 0.5])
+MANDEL_IDENTITY_VOIGT.setflags(write=False)
 
 
 _MAX_CONDITION = 1e14

@@ -4,11 +4,15 @@
 
 1. load the dataset (:func:`e3elastic.data.load_dataset`) and its split, build crystal graphs
    (cached on disk), and choose padded batch shapes from the training graphs' sizes;
-2. normalise targets per irrep with training-split statistics (:func:`model.irrep_stats`), so
-   the loss, a mean squared error over the 21 normalised irreps coefficients, weighs the 0e,
-   2e and 4e parts alike;
+2. turn each tensor into the 21 irreps the model's head learns (:func:`model.targets_from_voigt`:
+   C, or its matrix logarithm for the ``log`` head) and normalise them per irrep with
+   training-split statistics (:func:`model.irrep_stats`), so the loss, a mean squared error over
+   the 21 normalised coefficients, weighs the 0e, 2e and 4e parts alike (for the log head it is
+   the log-Euclidean distance, a relative error);
 3. train with optax Adam(W), linear warm-up then cosine decay, gradient clipping, jitted
-   train/eval steps over the bucketed shapes;
+   train/eval steps over the bucketed shapes; with ``train.volume_strain`` > 0 part of every
+   batch is isotropically scaled and its target follows Murnaghan's law
+   (:func:`volume_augmentation`);
 4. after each epoch evaluate on the validation split, append one line to ``metrics.jsonl``
    (deterministic content only; wall times go to ``timing.jsonl``), save an orbax checkpoint,
    and export the inference bundle ``best/`` when validation error improves;
@@ -36,7 +40,7 @@ from . import data as data_mod
 from . import graph as graph_mod
 from . import metrics as metrics_mod
 from . import tensors
-from .config import Config
+from .config import Config, theory_index
 
 __all__ = ["Prepared", "TrainingError", "prepare_data", "train_and_evaluate"]
 
@@ -57,9 +61,36 @@ class Prepared:
     dataset: Any
     graphs: dict[str, list]  # part -> [CrystalGraph]
     records: dict[str, list]  # part -> [Record]
-    irreps: dict[str, np.ndarray]  # part -> (n, 21) GPa
+    irreps: dict[str, np.ndarray]  # part -> (n, 21) head targets (GPa, or log units)
     buckets: tuple
     dropped: list[tuple[str, str]]
+    theory: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # part -> (n,) int
+
+
+def theory_indices(records, config: Config) -> np.ndarray:
+    """``(n,)`` level-of-theory inputs of records (all 0 for a model without that input)."""
+    if not config.model.n_theories:
+        return np.zeros(len(records), np.int32)
+    out = []
+    for r in records:
+        try:
+            out.append(theory_index(r.theory))
+        except ValueError as e:
+            raise TrainingError(f"{r.id}: {e}") from None
+    return np.asarray(out, np.int32)
+
+
+def _head_ready(records, config: Config) -> tuple[list, list[tuple[str, str]]]:
+    """Records the head can learn: the log head needs a positive-definite C."""
+    if config.model.head != "log":
+        return list(records), []
+    good, bad = [], []
+    for r in records:
+        if np.linalg.eigvalsh(tensors.voigt_to_mandel(r.voigt)).min() > 0:
+            good.append(r)
+        else:
+            bad.append((r.id, "not positive-definite; the log head cannot learn it"))
+    return good, bad
 
 
 def _log(msg: str) -> None:
@@ -104,21 +135,25 @@ def prepare_data(config: Config, dataset=None, log=_log) -> Prepared:
         cache_dir = data_mod._cache_dir(None) / "graphs"
     except Exception:  # no writable cache: build in memory
         cache_dir = None
-    graphs, records, irreps, dropped = {}, {}, {}, []
+    from .model import targets_from_voigt
+
+    graphs, records, irreps, theory, dropped = {}, {}, {}, {}, []
     for part in ("train", "val", "test"):
-        recs = dataset.part(part)
+        recs, bad = _head_ready(dataset.part(part), config)
+        dropped += bad
         good, gs, bad = graphs_for_records(recs, mc.cutoff, cache_dir, log)
         dropped += bad
         graphs[part], records[part] = gs, good
         irreps[part] = (
-            tensors.voigt_to_irreps(np.stack([r.voigt for r in good]))
+            targets_from_voigt(np.stack([r.voigt for r in good]), mc)
             if good
             else np.zeros((0, 21))
         )
+        theory[part] = theory_indices(good, config)
     if not graphs["train"]:
         raise TrainingError("the training split is empty; nothing to train on")
     buckets = graph_mod.make_buckets(graphs["train"], dc.batch_size, dc.n_buckets, seed=dc.seed)
-    return Prepared(dataset, graphs, records, irreps, buckets, dropped)
+    return Prepared(dataset, graphs, records, irreps, buckets, dropped, theory)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,36 +208,92 @@ def create_optimizer(config: Config, steps_per_epoch: int):
     return tx, schedule
 
 
-def make_steps(net, tx, n_sub: int = 1):
-    """Jitted ``train_step(params, opt_state, inputs, targets)`` and ``predict_step``.
+def volume_augmentation(config: Config, stats: dict[str, np.ndarray]):
+    """``augment(key, inputs, targets) -> (inputs, targets)`` for one padded batch, or None.
+
+    With ``train.volume_strain = a`` > 0, each real crystal is, with probability
+    ``train.volume_fraction``, scaled isotropically by ``s ~ U[1 - a, 1 + a]`` (lattice and
+    positions; the neighbour list is kept and edges that leave the cutoff fade out through the
+    envelope). Its target becomes ``C' = C (V0/V)^K'`` with ``V/V0 = s^3`` and
+    ``K' = train.volume_exponent``: Murnaghan's ``K(V) = K0 (V0/V)^K'`` for every component.
+    For the log head that only adds ``-3 K' ln(s)`` times the Mandel identity to L. Targets
+    are in the normalised units of ``stats``.
+    """
+    tc, head = config.train, config.model.head
+    if tc.volume_strain <= 0:
+        return None
+    if not 0 < tc.volume_strain < 0.5:
+        raise TrainingError(f"train.volume_strain must be in (0, 0.5), got {tc.volume_strain}")
+    import jax.numpy as jnp
+
+    jax = _jax()
+    shift = np.asarray(stats["shift"], np.float64)
+    scale = np.asarray(stats["scale"], np.float64)
+    unit = tensors.voigt_to_irreps(tensors.MANDEL_IDENTITY_VOIGT) / scale  # (21,) normalised
+    a, fraction, exponent = tc.volume_strain, tc.volume_fraction, tc.volume_exponent
+
+    def augment(key, inputs, targets):
+        dtype = inputs["positions"].dtype
+        n_graph = inputs["lattice"].shape[0]
+        k_scale, k_pick = jax.random.split(key)
+        s = jax.random.uniform(k_scale, (n_graph,), dtype, 1.0 - a, 1.0 + a)
+        picked = (jax.random.uniform(k_pick, (n_graph,), dtype) < fraction) & inputs[
+            "graph_mask"
+        ]
+        s = jnp.where(picked, s, 1.0)  # (G,)
+        inputs = dict(
+            inputs,
+            positions=inputs["positions"] * s[inputs["node_graph"]][:, None],
+            lattice=inputs["lattice"] * s[:, None, None],
+        )
+        log_factor = (-3.0 * exponent) * jnp.log(s)  # ln(C'/C), (G,)
+        if head == "log":
+            targets = targets + log_factor[:, None] * jnp.asarray(unit, dtype)[None, :]
+        else:
+            f = jnp.exp(log_factor)[:, None]
+            sh, sc = jnp.asarray(shift, dtype), jnp.asarray(scale, dtype)
+            targets = (f * (sh + sc * targets) - sh) / sc
+        return inputs, targets
+
+    return augment
+
+
+def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
+    """Jitted ``train_step(params, opt_state, inputs, targets, step)`` and ``predict_step``.
 
     With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
     ``n_sub`` padded sub-batches (one per device when sharded, see :class:`DataParallel`);
     the loss is the mean over every real crystal of all sub-batches, so the result does not
-    depend on how the sub-batches are spread over devices.
+    depend on how the sub-batches are spread over devices. ``augment`` (see
+    :func:`volume_augmentation`) is applied with a key derived from ``(seed, step)``, so a
+    resumed run draws the same scalings as an uninterrupted one; ``step`` is unused without it.
     """
     jax = _jax()
     import jax.numpy as jnp
     import optax
 
-    def per_graph_loss(params, inputs, targets):
+    def per_graph_loss(params, inputs, targets, key):
+        if augment is not None:
+            inputs, targets = augment(key, inputs, targets)
         y = net.apply(params, inputs)  # (G, 21) normalised
         return jnp.mean((y - targets) ** 2, axis=-1), inputs["graph_mask"].astype(y.dtype)
 
-    def loss_fn(params, inputs, targets):
+    def loss_fn(params, inputs, targets, step):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0 if step is None else step)
         if n_sub == 1:
-            per_graph, mask = per_graph_loss(params, inputs, targets)  # (G,)
+            per_graph, mask = per_graph_loss(params, inputs, targets, key)  # (G,)
         else:
-            per_graph, mask = jax.vmap(per_graph_loss, in_axes=(None, 0, 0))(
-                params, inputs, targets
+            keys = jax.random.split(key, n_sub)
+            per_graph, mask = jax.vmap(per_graph_loss, in_axes=(None, 0, 0, 0))(
+                params, inputs, targets, keys
             )  # (n_sub, G)
         loss = jnp.sum(per_graph * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         return loss, per_graph
 
     @jax.jit
-    def train_step(params, opt_state, inputs, targets):
+    def train_step(params, opt_state, inputs, targets, step=None):
         (loss, per_graph), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, inputs, targets
+            params, inputs, targets, step
         )
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -315,14 +406,14 @@ def step_groups(batches, graphs, targets, n_sub: int):
         yield flush(group)
 
 
-def stack_inputs(group, dtype):
+def stack_inputs(group, dtype, theory=None):
     """Model inputs and targets of a step: one batch as is, or ``n_sub`` stacked."""
     from .model import batch_inputs
 
     if len(group) == 1:
         b = group[0]
-        return batch_inputs(b, dtype), b.targets.astype(dtype)
-    parts = [batch_inputs(b, dtype) for b in group]
+        return batch_inputs(b, dtype, theory), b.targets.astype(dtype)
+    parts = [batch_inputs(b, dtype, theory) for b in group]
     inputs = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     return inputs, np.stack([b.targets for b in group]).astype(dtype)
 
@@ -335,24 +426,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**31)
 
 
-def predict_irreps(predict_step, params, graphs, buckets, batch_size, stats, dtype) -> np.ndarray:
-    """Denormalised irreps ``(n, 21)`` (GPa, float64) for graphs, in input order."""
+def predict_irreps(
+    predict_step, params, graphs, buckets, batch_size, stats, dtype, theory=None
+) -> np.ndarray:
+    """Denormalised head outputs ``(n, 21)`` (float64) for graphs, in input order: irreps of C
+    (GPa) or of its logarithm (see :func:`e3elastic.model.voigt_from_outputs`)."""
     from .model import batch_inputs
 
     out = np.zeros((len(graphs), 21))
     if not graphs:
         return out
     for b in graph_mod.batches(graphs, batch_size=batch_size, buckets=buckets):
-        y = np.asarray(predict_step(params, batch_inputs(b, dtype)), np.float64)
+        y = np.asarray(predict_step(params, batch_inputs(b, dtype, theory)), np.float64)
         real = b.graph_index >= 0
         out[b.graph_index[real]] = y[real]
     return stats["shift"] + stats["scale"] * out
 
 
-def evaluate_part(pred_irreps, records, groups=("theory", "source")) -> dict[str, Any]:
+def evaluate_part(pred_irreps, records, config: Config, groups=("theory", "source")) -> dict:
+    """Metrics of head outputs ``(n, 21)`` against records' tensors."""
+    from .model import voigt_from_outputs
+
     if len(records) == 0:
         return {"n": 0}
-    pred = tensors.irreps_to_voigt(pred_irreps)
+    pred = voigt_from_outputs(pred_irreps, config.model)
     true = np.stack([r.voigt for r in records])
     return metrics_mod.tensor_metrics(
         pred,
@@ -486,7 +583,8 @@ def train_and_evaluate(
     params = init_params(config, batch_inputs(first, dtype), tc.seed)
     tx, schedule = create_optimizer(config, steps_per_epoch)
     opt_state = tx.init(params)
-    train_step, _ = make_steps(net, tx, dp.n_sub)
+    augment = volume_augmentation(config, stats)
+    train_step, _ = make_steps(net, tx, dp.n_sub, augment=augment, seed=tc.seed)
     _, predict_step = make_steps(net, tx)
 
     split_ids = {p: [r.id for r in prep.records[p]] for p in ("train", "val", "test")}
@@ -530,6 +628,8 @@ def train_and_evaluate(
             "epoch": epoch,
         }
 
+    training_counts = training_set_counts(prep.records["train"])
+
     def export_best(epoch: int, val_metrics: dict) -> None:
         export_bundle(
             workdir / "best",
@@ -542,6 +642,7 @@ def train_and_evaluate(
                 "split": split_ids,
                 "trained": time.strftime("%Y-%m-%d"),
                 "data": {k: v for k, v in dataclasses.asdict(dc).items()},
+                "training_set": training_counts,
             },
         )
 
@@ -562,11 +663,17 @@ def train_and_evaluate(
             shuffle=True,
             seed=epoch_seed(tc.seed, epoch),
         )
-        for group in step_groups(epoch_batches, train_graphs, targets["train"], dp.n_sub):
+        for k, group in enumerate(
+            step_groups(epoch_batches, train_graphs, targets["train"], dp.n_sub)
+        ):
             shapes.add(tuple(group[0].bucket))
-            inputs, tgt = stack_inputs(group, dtype)
+            inputs, tgt = stack_inputs(group, dtype, prep.theory["train"])
             new_params, new_opt, loss, per_graph = train_step(
-                params, opt_state, dp.shard(inputs), dp.shard(tgt)
+                params,
+                opt_state,
+                dp.shard(inputs),
+                dp.shard(tgt),
+                np.int32(epoch * steps_per_epoch + k),
             )
             loss = float(loss)
             n_real = sum(b.n_real for b in group)
@@ -599,9 +706,16 @@ def train_and_evaluate(
         improved = False
         if prep.graphs["val"] and (epoch + 1) % tc.eval_every == 0:
             pred = predict_irreps(
-                predict_step, params, prep.graphs["val"], prep.buckets, eval_bs, stats, dtype
+                predict_step,
+                params,
+                prep.graphs["val"],
+                prep.buckets,
+                eval_bs,
+                stats,
+                dtype,
+                prep.theory["val"],
             )
-            vm = evaluate_part(pred, prep.records["val"])
+            vm = evaluate_part(pred, prep.records["val"], config)
             record["val"] = {k: v for k, v in vm.items() if not k.startswith("by_")}
             if _score(vm) < best["score"]:
                 best = {"score": _score(vm), "epoch": epoch}
@@ -652,6 +766,34 @@ def train_and_evaluate(
     return final_evaluation(workdir, prep, log=log)
 
 
+def training_set_counts(records) -> dict[str, Any]:
+    """What a model was trained on, for its bundle: crystals per element (a crystal counts
+    once per element it contains) and per level of theory, and the range of volume per atom
+    (Angstrom^3) and of nearest-neighbour distance ratios, for domain checks at prediction."""
+    from collections import Counter
+
+    elements: Counter = Counter()
+    theory: Counter = Counter()
+    vpa = []
+    for r in records:
+        elements.update({str(el) for el in r.structure.composition.elements})
+        theory[r.theory] += 1
+        vpa.append(r.structure.volume / max(len(r.structure), 1))
+    v = np.asarray(vpa) if vpa else np.zeros(1)
+    return {
+        "n_crystals": len(records),
+        "elements": dict(sorted(elements.items())),
+        "theory": dict(sorted(theory.items())),
+        "volume_per_atom_A3": {
+            "min": float(v.min()),
+            "p01": float(np.quantile(v, 0.01)),
+            "median": float(np.median(v)),
+            "p99": float(np.quantile(v, 0.99)),
+            "max": float(v.max()),
+        },
+    }
+
+
 def final_evaluation(workdir: Path, prep: Prepared, log=_log) -> dict[str, Any]:
     """Evaluate the exported best bundle on val and test; writes ``final_metrics.json``."""
     from .checkpoint import load_bundle
@@ -671,8 +813,9 @@ def final_evaluation(workdir: Path, prep: Prepared, log=_log) -> dict[str, Any]:
             config.data.batch_size,
             stats,
             dtype,
+            prep.theory[part],
         )
-        out[part] = evaluate_part(pred, prep.records[part])
+        out[part] = evaluate_part(pred, prep.records[part], config)
         if part != "train" and out[part].get("n"):
             log(
                 f"{part}: n={out[part]['n']} rel {out[part]['rel_frobenius']:.4f} "
@@ -778,9 +921,16 @@ def evaluate_model(
     buckets = graph_mod.make_buckets(graphs, config.data.batch_size, config.data.n_buckets)
     _, predict_step = make_steps(create_model(config), _identity_tx())
     pred = predict_irreps(
-        predict_step, params, graphs, buckets, config.data.batch_size, stats, _np_dtype(config)
+        predict_step,
+        params,
+        graphs,
+        buckets,
+        config.data.batch_size,
+        stats,
+        _np_dtype(config),
+        theory_indices(good, config),
     )
-    out = evaluate_part(pred, good)
+    out = evaluate_part(pred, good, config)
     out["evaluated"] = note
     out["skipped"] = bad
     if return_arrays:

@@ -106,3 +106,11 @@ def rotated_structure(structure, R: np.ndarray):
     return Structure(
         Lattice(structure.lattice.matrix @ R.T), structure.species, structure.frac_coords
     )
+
+
+def random_model_stats(model_config) -> dict[str, np.ndarray]:
+    """Output normalisation for a randomly initialised test model: moderate stiffnesses (a few
+    hundred GPa at most) for either head, so derived moduli stay finite."""
+    if model_config.head == "log":  # log-stiffness in units of log_reference (100 GPa)
+        return {"shift": np.r_[[0.5, 1.0], np.zeros(19)], "scale": np.full(21, 0.3)}
+    return {"shift": np.r_[[300.0, 60.0], np.zeros(19)], "scale": np.full(21, 40.0)}

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import quartz_structure, rotated_structure
+from conftest import quartz_structure, random_model_stats, rotated_structure
 
 jax = pytest.importorskip("jax")
 
@@ -37,7 +37,7 @@ def _bundle(path, seed):
     params = ckpt.unflatten_params(
         {k: rng.normal(size=v).astype(np.float32) * 0.5 for k, v in shapes.items()}
     )
-    stats = {"shift": np.r_[[300.0, 60.0], np.zeros(19)], "scale": np.full(21, 40.0)}
+    stats = random_model_stats(cfg.model)
     return ckpt.export_bundle(path, cfg, params, stats, {"seed": seed})
 
 

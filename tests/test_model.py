@@ -173,3 +173,117 @@ def test_irrep_stats_normalise_each_irrep(rng):
             1, rel=1e-5
         )
     assert np.all(st["shift"][2:] == 0)  # no shift on non-scalars (would break equivariance)
+
+
+# --------------------------------------------------------------------------------------------
+# The log head: C = reference * expm(L), positive-definite and exactly equivariant
+# --------------------------------------------------------------------------------------------
+
+
+def _head_tensors(run, structures, dtype):
+    """Voigt stiffness (GPa) from the tiny model's log head, via its denormalised outputs."""
+    from e3elastic.model import voigt_from_outputs
+
+    assert run.cfg.model.head == "log"
+    y = tensors.cartesian_to_irreps(run(structures, dtype))  # (n, 21) normalised outputs
+    stats = {"shift": np.r_[[0.5, 1.0], np.zeros(19)], "scale": np.full(21, 0.3)}
+    return voigt_from_outputs(stats["shift"] + stats["scale"] * y, run.cfg.model)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@pytest.mark.parametrize("improper", [False, True])
+def test_log_head_equivariance_with_a_cubic_crystal(run, rng, dtype, tol, improper):
+    # NaCl is cubic: its stiffness has degenerate Mandel eigenvalues, where a careless matrix
+    # function loses equivariance; quartz is trigonal with a non-zero C14.
+    structures = [_nacl(), quartz_structure()]
+    R = random_rotation(rng, improper=improper)
+    v = _head_tensors(run, structures, dtype)
+    v_rot = _head_tensors(run, [rotated_structure(s, R) for s in structures], dtype)
+    for a, b in zip(v, v_rot, strict=True):
+        want = tensors.cartesian_to_voigt(tensors.rotate(tensors.voigt_to_cartesian(a), R))
+        assert _rel(b, want) < tol
+    # positive-definite by construction
+    assert np.all(np.linalg.eigvalsh(tensors.voigt_to_mandel(v)) > 0)
+    w = np.linalg.eigvalsh(tensors.voigt_to_mandel(v[0]))
+    # cubic: the Mandel spectrum is {3K-like x1, 2G' x2, 2C44 x3}: only 3 distinct values
+    assert len(np.unique(np.round(w / w.max(), 6))) <= 3
+
+
+def test_log_head_equivariance_real_crystals(run, rng):
+    structures = [s for _, s in _real_structures()] + [_nacl()]
+    for improper in (False, True):
+        R = random_rotation(rng, improper=improper)
+        v = _head_tensors(run, structures, np.float64)
+        v_rot = _head_tensors(run, [rotated_structure(s, R) for s in structures], np.float64)
+        for a, b in zip(v, v_rot, strict=True):
+            want = tensors.cartesian_to_voigt(tensors.rotate(tensors.voigt_to_cartesian(a), R))
+            assert _rel(b, want) < 1e-10
+
+
+def test_expm_head_gradient_is_finite_at_degenerate_eigenvalues():
+    # A linear-space loss through the log head differentiates expm at a cubic tensor, whose
+    # Mandel eigenvalues repeat; eigh's gradient is infinite there, expm's is not.
+    import jax.numpy as jnp
+
+    from e3elastic.model import voigt_from_outputs, voigt_from_outputs_jax
+
+    cfg = C.tiny().model
+    silicon = np.array(
+        [[165.7, 63.9, 63.9, 0, 0, 0], [63.9, 165.7, 63.9, 0, 0, 0], [63.9, 63.9, 165.7, 0, 0, 0],
+         [0, 0, 0, 79.6, 0, 0], [0, 0, 0, 0, 79.6, 0], [0, 0, 0, 0, 0, 79.6]]
+    )  # fmt: skip
+    x = tensors.voigt_to_irreps(tensors.log_voigt(silicon, cfg.log_reference))[None]  # (1, 21)
+    with jax.enable_x64(True):
+        xj = jnp.asarray(x, jnp.float64)
+        v = voigt_from_outputs_jax(xj, cfg)
+        assert np.allclose(np.asarray(v)[0], silicon, rtol=1e-10, atol=1e-9)
+        assert np.allclose(np.asarray(v), voigt_from_outputs(x, cfg), rtol=1e-10)
+
+        def loss(z):
+            return jnp.sum((voigt_from_outputs_jax(z, cfg) - 1.05 * silicon) ** 2)
+
+        g = np.asarray(jax.grad(loss)(xj))
+        assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+
+        def loss_eigh(z):  # the route to avoid: expm through eigh
+            cart = jnp.einsum("ijklc,c->ijkl", jnp.asarray(tensors.elasticity_basis()), z[0])
+            i = np.array([p[0] for p in tensors.VOIGT_PAIRS])
+            j = np.array([p[1] for p in tensors.VOIGT_PAIRS])
+            w = jnp.asarray([1, 1, 1, np.sqrt(2), np.sqrt(2), np.sqrt(2)])
+            mm = cart[i[:, None], j[:, None], i[None, :], j[None, :]] * w[:, None] * w[None, :]
+            ev, vec = jnp.linalg.eigh(mm)
+            return jnp.sum(((vec * jnp.exp(ev)) @ vec.T) ** 2)
+
+        g_eigh = np.asarray(jax.grad(loss_eigh)(xj))
+        assert not np.all(np.isfinite(g_eigh))  # confirms the degenerate case is hit
+
+
+def test_unseen_element_embedding_is_finite_and_chemical():
+    # Xe and Kr never occur in the training data; Fe does. The embedding of a species is the
+    # model's first-layer scalars for one isolated-looking atom type.
+    from e3elastic.elements import descriptor_table
+    from e3elastic.model import SpeciesEmbedding
+
+    cfg = C.tiny().model
+    mod = SpeciesEmbedding(cfg, 8)
+    z = {s: G.SYMBOLS.index(s) for s in ("Xe", "Kr", "Rn", "Fe", "Li", "W", "Ce")}
+    inp = {
+        "species": jnp_array(list(z.values())),
+        "theory": jnp_array([0]),
+        "node_graph": jnp_array([0] * len(z)),
+    }
+    params = mod.init(jax.random.PRNGKey(1), inp)
+    e = np.asarray(mod.apply(params, inp))
+    assert np.all(np.isfinite(e))
+    name = list(z)
+    d = {n: e[i] for i, n in enumerate(name)}
+    near = np.linalg.norm(d["Xe"] - d["Kr"])
+    for other in ("Fe", "Li", "W", "Ce"):
+        assert near < np.linalg.norm(d["Xe"] - d[other]), other
+    assert descriptor_table().shape[0] == G.N_SPECIES
+
+
+def jnp_array(x):
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.asarray(x, np.int32))

@@ -59,6 +59,7 @@ import pytest
 jax = pytest.importorskip("jax")
 pytest.importorskip("hypothesis")
 
+from conftest import random_model_stats  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_train import ROCKSALT, _cubic_voigt  # noqa: E402
@@ -333,7 +334,7 @@ def tiny_model(tmp_path_factory):
             for k, v in ckpt.expected_param_shapes(cfg).items()
         }
     )
-    stats = {"shift": np.r_[[300.0, 60.0], np.zeros(19)], "scale": np.full(21, 40.0)}
+    stats = random_model_stats(cfg.model)
     path = tmp_path_factory.mktemp("model") / "bundle"
     ckpt.export_bundle(path, cfg, params, stats, {"note": "random weights"})
     return inference.load_model(path)
@@ -867,10 +868,10 @@ def test_a_model_failure_on_one_structure_spares_the_others(tiny_model, monkeypa
     """E.g. out of memory on one huge structure: the batch is retried one by one."""
     real = type(tiny_model).predict_irreps
 
-    def predict_irreps(self, graphs, batch_size=8):
+    def predict_irreps(self, graphs, batch_size=8, theory=0):
         if any(g.n_node == 4 for g in graphs):
             raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
-        return real(self, graphs, batch_size)
+        return real(self, graphs, batch_size, theory)
 
     monkeypatch.setattr(type(tiny_model), "predict_irreps", predict_irreps)
     big = _rocksalt("Na", "Cl", 5.64) * (2, 1, 1)
