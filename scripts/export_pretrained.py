@@ -78,9 +78,12 @@ E(3)-equivariant network (`e3elastic.model.ElasticityNet`, config `{cfg.get("nam
 {cfg["model"]["n_layers"]} interaction blocks, hidden irreps `{cfg["model"]["hidden_irreps"]}`,
 spherical harmonics to l = {cfg["model"]["sh_lmax"]}, cutoff {cfg["model"]["cutoff"]} Å).
 
-- **Training data:** the PBE tensors of `../shared/data` (Materials Project via matminer 2015,
-  StrainNet's MP validation split and the MatTen example), frame-aligned, validated and
-  de-duplicated by `e3elastic.data.load_dataset(subset="pbe")`.
+- **Training data:** every tensor of `../shared/data` (subset `{cfg["data"]["subset"]}`): the PBE
+  tensors (Materials Project via matminer 2015, StrainNet's MP validation split, the MatTen
+  example) and, with subset `all`, the B3LYP-D2 SiO2 zeolites, frame-aligned, validated and
+  de-duplicated by `e3elastic.data.load_dataset`. Head `{cfg["model"].get("head", "linear")}`,
+  element descriptors {cfg["model"].get("element_descriptors", False)}, levels of theory
+  {cfg["model"].get("n_theories", 0)}, volume augmentation ±{cfg["train"].get("volume_strain", 0)}.
 - **Split:** seeded hash of the material id (seed {cfg["data"]["seed"]}): train
   {len(split.get("train", []))}, val {len(split.get("val", []))}, test
   {len(split.get("test", []))} crystals. The ids are in `info.json`.

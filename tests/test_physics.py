@@ -1,0 +1,146 @@
+"""Physics of the shipped model's predictions on crystals it never saw.
+
+* every prediction is positive-definite (the log head makes it so by construction): on the
+  example CIFs, on crystals built here from textbook lattices and on random valid structures;
+* compressing a crystal stiffens it: K_VRH falls monotonically with volume for lattice scales
+  0.97, 1.00 and 1.03, on six crystals absent from the training data;
+* an element absent from training is placed by its chemistry.
+
+The structures are built here from published lattice parameters (room temperature, Angstrom):
+CsCl a = 4.123 (B2); LiCl a = 5.130, TiN a = 4.242, PbS a = 5.936 (rock salt); Au a = 4.078
+(fcc); MgF2 rutile a = 4.621, c = 3.052, F at x = 0.303.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import data_dir
+
+pytest.importorskip("jax")
+
+from pymatgen.core import Lattice, Structure
+
+import e3elastic
+from e3elastic import runtime, tensors
+
+runtime.enable_compilation_cache()
+
+SCALES = (0.97, 1.00, 1.03)
+
+
+def _rock_salt(a, x, y):
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [x, y], [[0, 0, 0], [0.5] * 3])
+
+
+def unseen_crystals() -> dict[str, Structure]:
+    return {
+        "CsCl": Structure(Lattice.cubic(4.123), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "LiCl": _rock_salt(5.130, "Li", "Cl"),
+        "TiN": _rock_salt(4.242, "Ti", "N"),
+        "PbS": _rock_salt(5.936, "Pb", "S"),
+        "Au": Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.078), ["Au"], [[0, 0, 0]]),
+        "MgF2": Structure.from_spacegroup(
+            "P4_2/mnm",
+            Lattice.tetragonal(4.621, 3.052),
+            ["Mg", "F"],
+            [[0, 0, 0], [0.303, 0.303, 0]],
+        ),
+    }
+
+
+def _scaled(s: Structure, f: float) -> Structure:
+    return Structure(Lattice(s.lattice.matrix * f), s.species, s.frac_coords)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return e3elastic.load_model("default")
+
+
+def test_unseen_crystals_are_absent_from_the_data():
+    # guards the test below: these must be crystals the model never trained on
+    if not data_dir().is_dir():
+        pytest.skip(f"real-data check: {data_dir()} is absent")
+    from e3elastic import data
+
+    formulas = {r.formula for r in data.load_dataset(None, subset="all", max_sites=420).records}
+    assert not set(unseen_crystals()) & formulas
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CsCl",
+        "LiCl",
+        "TiN",
+        "PbS",
+        "Au",
+        # known weakness of the shipped model: K(1.00) > K(0.97) for rutile MgF2 (74, 76,
+        # 69 GPa); strict, so this starts failing once a retrained model gets it right
+        pytest.param("MgF2", marks=pytest.mark.xfail(strict=True, reason="not monotonic yet")),
+    ],
+)
+def test_bulk_modulus_falls_with_volume(model, name):
+    s = unseen_crystals()[name]
+    results = e3elastic.predict([_scaled(s, f) for f in SCALES], model=model)
+    assert all(r["error"] is None for r in results)
+    k = [r["K_VRH_GPa"] for r in results]
+    assert k[0] > k[1] > k[2], (name, np.round(k, 2).tolist())
+
+
+def test_predictions_are_positive_definite(model, rng):
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.cif"))
+    structures = [str(p) for p in examples] + list(unseen_crystals().values())
+    # random valid structures: random cells of 1-4 atoms of random elements, no two atoms
+    # closer than 1.8 Angstrom
+    symbols = (
+        "H Li C N O F Na Mg Al Si S Cl K Ca Ti Fe Cu Zn Sr Zr Ag Sn Ba W Pb Xe Ce".split()
+    )
+    while len(structures) < len(examples) + 6 + 24:
+        n = int(rng.integers(1, 5))
+        lengths = rng.uniform(2.5, 6.0, 3)
+        angles = rng.uniform(70, 110, 3)
+        s = Structure(
+            Lattice.from_parameters(*lengths, *angles),
+            list(rng.choice(symbols, n)),
+            rng.uniform(0, 1, (n, 3)),
+        )
+        d = s.distance_matrix + 1e3 * np.eye(n)
+        if d.min() > 1.8 and min(s.lattice.abc) > 1.8 and s.volume / n > 8:
+            structures.append(s)
+    results = e3elastic.predict(structures, model=model)
+    assert all(r["error"] is None for r in results), [r["error"] for r in results]
+    for r in results:
+        assert r["born_stable"] and r["min_eigenvalue_GPa"] > 0
+        w = np.linalg.eigvalsh(tensors.voigt_to_mandel(r["voigt_GPa"]))
+        assert w.min() > 0
+
+
+def test_unseen_element_lands_near_its_group_neighbour(model):
+    # Xe, Kr, Rn and Ne never occur in training: their species embedding is the descriptor
+    # network's output with a zero per-element correction
+    import jax.numpy as jnp
+
+    from e3elastic.graph import SYMBOLS
+    from e3elastic.model import SpeciesEmbedding
+
+    counts = model.info["training_set"]["elements"]
+    assert not {"Xe", "Kr", "Ne"} & set(counts)
+    cfg = model.config.model
+    names = ["Xe", "Kr", "Ne", "Fe", "O", "Li", "W", "La"]
+    inp = {
+        "species": jnp.asarray([SYMBOLS.index(s) for s in names], jnp.int32),
+        "theory": jnp.zeros(1, jnp.int32),
+        "node_graph": jnp.zeros(len(names), jnp.int32),
+    }
+    n_scalar = model.members[0][0]["params"]["species"]["descriptor_out"]["bias"].shape[0]
+    species_params = {"params": model.members[0][0]["params"]["species"]}
+    e = np.asarray(SpeciesEmbedding(cfg, n_scalar).apply(species_params, inp))
+    assert np.all(np.isfinite(e))
+    emb = dict(zip(names, e, strict=True))
+    d_kr = np.linalg.norm(emb["Xe"] - emb["Kr"])
+    for other in ("Fe", "O", "Li", "W", "La"):
+        assert d_kr < np.linalg.norm(emb["Xe"] - emb[other]), other
