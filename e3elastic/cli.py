@@ -232,14 +232,16 @@ def _format_predictions(results: list, fmt: str) -> str:
         import io
 
         keys = ["file", "formula", "K_VRH_GPa", "G_VRH_GPa", "youngs_modulus_GPa",
-                "poisson_ratio", "universal_anisotropy", "born_stable", "error"]
+                "poisson_ratio", "universal_anisotropy", "born_stable", "error", "warnings"]
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(keys + [f"C{i + 1}{j + 1}" for i in range(6) for j in range(i, 6)])
         for r in results:
             v = r.get("voigt_GPa")
             comps = [] if v is None else [f"{v[i][j]:.4f}" for i in range(6) for j in range(i, 6)]
-            w.writerow([r.get(k) if r.get(k) is not None else "" for k in keys] + comps)
+            row = [r.get(k) if r.get(k) is not None else "" for k in keys]
+            row[keys.index("warnings")] = " | ".join(r.get("warnings") or [])
+            w.writerow(row + comps)
         return buf.getvalue()
     lines = []
     for r in results:
@@ -248,6 +250,8 @@ def _format_predictions(results: list, fmt: str) -> str:
             lines.append(f"{head}: FAILED: {r['error']}\n")
             continue
         lines.append(f"{head}: {r['formula']}")
+        for warning in r.get("warnings") or []:
+            lines.append(f"  WARNING {warning}")
         lines.append("  Voigt stiffness C_IJ (GPa), order 11 22 33 23 13 12:")
         std = r.get("voigt_std_GPa")
         for i, row in enumerate(r["voigt_GPa"]):

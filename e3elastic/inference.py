@@ -10,7 +10,9 @@ Each result is a plain dict (JSON-ready apart from numpy arrays, see :func:`to_j
 ``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6), ``cartesian_GPa`` (3x3x3x3), the derived
 moduli of :func:`e3elastic.tensors.derived_properties` (``K_VRH_GPa``, ``G_VRH_GPa``,
 ``youngs_modulus_GPa``, ``poisson_ratio``, ``universal_anisotropy``, ``min_eigenvalue_GPa``,
-``born_stable``, and the Voigt/Reuss bounds), with an ensemble ``voigt_std_GPa``,
+``born_stable``, and the Voigt/Reuss bounds), ``warnings`` (a list of ``"code: sentence"``
+strings for inputs outside the model's domain, see :mod:`e3elastic.domain`), with an ensemble
+``voigt_std_GPa``,
 ``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or why this structure failed (its
 other fields are then None). A failing structure never stops the others: unreadable files,
 structures the graph code refuses (:class:`~e3elastic.graph.GraphError`: overlapping atoms,
@@ -35,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from . import domain, tensors
 from . import graph as graph_mod
-from . import tensors
 from .config import Config
 
 __all__ = ["Model", "load_model", "predict", "read_structure", "expand_paths", "to_json_ready"]
@@ -368,7 +370,13 @@ def predict(
     good: list[tuple[int, Any, Any]] = []  # (result index, structure, graph)
     for item in items:
         label = str(item) if isinstance(item, str | os.PathLike) else None
-        res: dict[str, Any] = {"file": label, "id": None, "formula": None, "error": None}
+        res: dict[str, Any] = {
+            "file": label,
+            "id": None,
+            "formula": None,
+            "error": None,
+            "warnings": [],
+        }
         try:
             name, s = _as_structure(item)
             _check_structure(s)
@@ -378,6 +386,7 @@ def predict(
             g = graph_mod.structure_to_graph(
                 s, model.config.model.cutoff, id=name, max_edges=max_edges
             )
+            res["warnings"] = domain.structure_warnings(s, g, model.info.get("training_set"))
             good.append((len(results), s, g))
         except (PredictError, graph_mod.GraphError, ValueError) as e:
             res["error"] = str(e) if str(e) else _short(e)
@@ -401,7 +410,9 @@ def predict(
                     if irreps is not None
                     else model.predict_irreps([g], 1, theory_input)[:, 0]
                 )
-                results[i].update(_finish(model.voigt(one), s, symmetrize))
+                voigts = model.voigt(one)
+                results[i].update(_finish(voigts, s, symmetrize))
+                results[i]["warnings"] += domain.ensemble_warnings(voigts)
             except Exception as e:  # non-finite output, singular tensor, model failure
                 results[i]["error"] = f"prediction failed: {_short(e)}"
         done += len(chunk)

@@ -1,0 +1,177 @@
+"""Is a structure inside the model's domain? Warnings attached to every prediction (numpy).
+
+A model trained on bulk crystals at equilibrium still returns numbers for a molecule in a box,
+a slab, atoms on top of each other or an element it never saw. :func:`structure_warnings`
+flags those cases; each warning is ``"<code>: <sentence>"``. Codes:
+
+``unseen-element`` / ``rare-element``
+    An element no training crystal contains, or fewer than :data:`RARE_ELEMENT` do (counts from
+    the bundle's ``info.json``, ``training_set.elements``). The species embedding then rests
+    on the element's physical descriptors alone.
+``vacuum``
+    An empty slab at least :data:`VACUUM_GAP_A` thick runs through the cell: along some lattice
+    plane normal no atom lies within a band that wide (measured from the fractional
+    coordinates along each reciprocal direction and the interplanar spacing). A surface slab
+    or a molecule in a box has one; bulk crystals, zeolites and layered van der Waals solids
+    (gaps near 3 Angstrom) do not.
+``low-density``
+    Volume per atom more than :data:`DENSITY_FACTOR` times the largest in training (when the
+    bundle records it).
+``isolated-atom``
+    An atom whose nearest neighbour is farther than :data:`ISOLATED_RATIO` times the sum of
+    covalent radii (noble-gas and molecular solids, fragments).
+``short-distance``
+    Two atoms closer than :data:`SHORT_RATIO` times the sum of their covalent radii.
+``strained``
+    The median over atoms of nearest-neighbour distance / sum of covalent radii is outside
+    :data:`STRAIN_RANGE` (the bulk of bonded crystals lies near 0.9-1.2): a strongly
+    compressed or expanded input, beyond the +-3 % the model was taught.
+
+:func:`ensemble_warnings` adds ``ensemble-disagreement`` when members spread by more than
+:data:`ENSEMBLE_SPREAD` (relative Frobenius) around their mean.
+Covalent radii are Cordero et al. (2008), as tabulated in pymatgen.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DENSITY_FACTOR",
+    "ENSEMBLE_SPREAD",
+    "ISOLATED_RATIO",
+    "RARE_ELEMENT",
+    "SHORT_RATIO",
+    "STRAIN_RANGE",
+    "VACUUM_GAP_A",
+    "ensemble_warnings",
+    "structure_warnings",
+]
+
+RARE_ELEMENT = 3
+VACUUM_GAP_A = 6.0
+DENSITY_FACTOR = 2.0
+ISOLATED_RATIO = 1.7
+SHORT_RATIO = 0.7
+STRAIN_RANGE = (0.75, 1.45)
+ENSEMBLE_SPREAD = 0.25
+_DEFAULT_RADIUS = 1.5  # Angstrom, for an element without a tabulated covalent radius
+
+
+@functools.lru_cache(maxsize=1)
+def _covalent_radii() -> np.ndarray:
+    """``(101,)`` covalent radius by atomic number (Angstrom)."""
+    from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
+    from pymatgen.core import Element
+
+    out = np.full(101, _DEFAULT_RADIUS)
+    for z in range(1, 101):
+        r = CovalentRadius.radius.get(Element.from_Z(z).symbol)
+        if r is not None:
+            out[z] = float(r)
+    return out
+
+
+def _largest_gap(structure) -> tuple[float, int]:
+    """Thickest atom-free band (Angstrom) across the cell and the reciprocal axis it is on."""
+    frac = np.asarray(structure.frac_coords, np.float64) % 1.0
+    lat = np.asarray(structure.lattice.matrix, np.float64)
+    volume = abs(np.linalg.det(lat))
+    best, axis = 0.0, 0
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        spacing = volume / np.linalg.norm(np.cross(lat[j], lat[k]))  # between (i) planes
+        x = np.sort(frac[:, i])
+        gaps = np.diff(np.r_[x, x[0] + 1.0])
+        gap = float(gaps.max()) * spacing
+        if gap > best:
+            best, axis = gap, i
+    return best, axis
+
+
+def structure_warnings(structure, graph, training_set: dict[str, Any] | None = None) -> list[str]:
+    """Domain warnings for one structure and its crystal graph (:mod:`e3elastic.graph`)."""
+    from . import graph as graph_mod
+
+    out: list[str] = []
+    z = graph_mod.atomic_numbers(graph.species)
+    symbols = [graph_mod.SYMBOLS[i] for i in graph.species]
+    counts = (training_set or {}).get("elements")
+    if counts is not None:
+        unseen = sorted({s for s in symbols if counts.get(s, 0) == 0})
+        rare = sorted({s for s in symbols if 0 < counts.get(s, 0) < RARE_ELEMENT})
+        if unseen:
+            out.append(
+                f"unseen-element: no training crystal contains {', '.join(unseen)}; the "
+                "prediction rests on element descriptors alone"
+            )
+        if rare:
+            out.append(
+                f"rare-element: fewer than {RARE_ELEMENT} training crystals contain "
+                f"{', '.join(rare)}"
+            )
+    gap, axis = _largest_gap(structure)
+    if gap >= VACUUM_GAP_A:
+        out.append(
+            f"vacuum: an empty band {gap:.1f} Å thick crosses the cell along reciprocal axis "
+            f"{'abc'[axis]}*; this looks like a slab, a molecule or a fragment in a box, not a "
+            "bulk crystal"
+        )
+    n = len(z)
+    vpa = float(abs(np.linalg.det(graph.lattice))) / max(n, 1)
+    vmax = ((training_set or {}).get("volume_per_atom_A3") or {}).get("max")
+    if vmax and vpa > DENSITY_FACTOR * vmax:
+        out.append(
+            f"low-density: {vpa:.0f} Å^3 per atom, more than {DENSITY_FACTOR:g} times the "
+            f"largest in training ({vmax:.0f})"
+        )
+    radii = _covalent_radii()[z]
+    length = np.linalg.norm(graph_mod.edge_vectors(graph), axis=-1)  # (E,)
+    ratio = length / (radii[graph.senders] + radii[graph.receivers])
+    nearest = np.full(n, np.inf)
+    np.minimum.at(nearest, graph.receivers, ratio)
+    if ratio.size and float(ratio.min()) < SHORT_RATIO:
+        e = int(np.argmin(ratio))
+        a, b = int(graph.senders[e]), int(graph.receivers[e])
+        out.append(
+            f"short-distance: atoms {a} ({symbols[a]}) and {b} ({symbols[b]}) are "
+            f"{length[e]:.2f} Å apart, {ratio[e]:.2f} of the sum of their covalent radii"
+        )
+    far = np.flatnonzero(nearest > ISOLATED_RATIO)
+    if far.size:
+        out.append(
+            f"isolated-atom: {far.size} atom(s) (e.g. {far[0]}, {symbols[far[0]]}) have no "
+            f"neighbour within {ISOLATED_RATIO:g} times the sum of covalent radii; a "
+            "molecular or noble-gas solid is outside the training data"
+        )
+    finite = nearest[np.isfinite(nearest)]
+    if finite.size:
+        med = float(np.median(finite))
+        lo, hi = STRAIN_RANGE
+        if med < lo or med > hi:
+            kind = "compressed" if med < lo else "expanded"
+            out.append(
+                f"strained: nearest-neighbour distances are {med:.2f} of the sum of covalent "
+                f"radii (typical {lo}-{hi}); the structure looks strongly {kind}"
+            )
+    return out
+
+
+def ensemble_warnings(member_voigts: np.ndarray) -> list[str]:
+    """``ensemble-disagreement`` when members ``(M, 6, 6)`` spread widely around their mean."""
+    v = np.asarray(member_voigts, np.float64)
+    if v.ndim != 3 or len(v) < 2:
+        return []
+    mean = v.mean(axis=0)
+    spread = float(
+        np.sqrt(np.mean(np.sum((v - mean) ** 2, axis=(1, 2)))) / max(np.linalg.norm(mean), 1e-12)
+    )
+    if spread > ENSEMBLE_SPREAD:
+        return [
+            f"ensemble-disagreement: members differ by {spread:.0%} of the tensor's norm "
+            f"(more than {ENSEMBLE_SPREAD:.0%}); treat the mean as a rough guess"
+        ]
+    return []
