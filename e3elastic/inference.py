@@ -5,7 +5,8 @@
 >>> [r] = e3elastic.predict(["examples/silicon.cif"], model=model)  # doctest: +SKIP
 >>> r["voigt_GPa"][0][0], r["K_VRH_GPa"]                           # doctest: +SKIP
 
-Each result is a plain dict (JSON-ready apart from numpy arrays, see :func:`to_json_ready`):
+Each result is a :class:`~e3elastic.prediction.Prediction`, a dict with methods (JSON-ready
+apart from numpy arrays, see :func:`to_json_ready`):
 
 ``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6), ``cartesian_GPa`` (3x3x3x3), the derived
 moduli of :func:`e3elastic.tensors.derived_properties` (``K_VRH_GPa``, ``G_VRH_GPa``,
@@ -40,8 +41,17 @@ import numpy as np
 from . import domain, tensors
 from . import graph as graph_mod
 from .config import Config
+from .prediction import Prediction, to_json_ready
 
-__all__ = ["Model", "load_model", "predict", "read_structure", "expand_paths", "to_json_ready"]
+__all__ = [
+    "Model",
+    "Prediction",
+    "expand_paths",
+    "load_model",
+    "predict",
+    "read_structure",
+    "to_json_ready",
+]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = "default"
@@ -354,8 +364,11 @@ def predict(
     progress=None,
     max_edges: int | None = MAX_EDGES,
     theory: str | None = None,
-) -> list[dict[str, Any]]:
+) -> Prediction | list[Prediction]:
     """Predict C for each structure (see the module docstring for the result fields).
+
+    One Structure, ASE Atoms or file path gives one :class:`~e3elastic.prediction.Prediction`;
+    a list (or a folder or glob pattern, expanded as on the command line) gives a list.
 
     ``progress(done, total)`` is called after each batch when given. A structure with more
     than ``max_edges`` neighbour pairs (None: no limit) gets an error instead of a result.
@@ -365,18 +378,18 @@ def predict(
     if not isinstance(model, Model):
         model = load_model(model)
     theory_input = model.theory_index(theory)
-    items = list(structures)
-    results: list[dict[str, Any]] = []
+    items, single = _input_items(structures)
+    results: list[Prediction] = []
     good: list[tuple[int, Any, Any]] = []  # (result index, structure, graph)
     for item in items:
         label = str(item) if isinstance(item, str | os.PathLike) else None
-        res: dict[str, Any] = {
+        res = Prediction({
             "file": label,
             "id": None,
             "formula": None,
             "error": None,
             "warnings": [],
-        }
+        })
         try:
             name, s = _as_structure(item)
             _check_structure(s)
@@ -422,7 +435,30 @@ def predict(
         if r["error"] is not None:
             for k in _EMPTY_KEYS:
                 r.setdefault(k, None)
-    return results
+    return results[0] if single else results
+
+
+def _input_items(structures: Any) -> tuple[list[Any], bool]:
+    """(items, single): one Structure/Atoms/file is a single input; a list, a folder or a
+    glob pattern is expanded into many."""
+    from pymatgen.core import Structure
+
+    if isinstance(structures, Structure) or (
+        type(structures).__name__ == "Atoms" and hasattr(structures, "get_cell")
+    ):
+        return [structures], True
+    if isinstance(structures, str | os.PathLike):
+        s = str(structures)
+        if Path(s).is_file():
+            return [s], True
+        return list(expand_paths([s])), False
+    items: list[Any] = []
+    for item in structures:
+        if isinstance(item, str | os.PathLike) and not Path(str(item)).is_file():
+            items.extend(expand_paths([item]))
+        else:
+            items.append(item)
+    return items, False
 
 
 def _finish(member_voigts: np.ndarray, structure, symmetrize: bool) -> dict[str, Any]:
@@ -452,18 +488,4 @@ def _finish(member_voigts: np.ndarray, structure, symmetrize: bool) -> dict[str,
         out["K_VRH_std_GPa"] = float(np.std(k_all, ddof=1))
         out["G_VRH_std_GPa"] = float(np.std(g_all, ddof=1))
         out["n_members"] = len(voigts)
-    return out
-
-
-def to_json_ready(result: dict[str, Any], cartesian: bool = False) -> dict[str, Any]:
-    """Arrays as nested lists, NaN as None; drops the 81-number Cartesian tensor unless asked."""
-    out = {}
-    for k, v in result.items():
-        if k == "cartesian_GPa" and not cartesian:
-            continue
-        if isinstance(v, np.ndarray):
-            v = np.where(np.isfinite(v), v, np.nan).tolist()
-        elif isinstance(v, float) and not np.isfinite(v):
-            v = None
-        out[k] = v
     return out

@@ -163,3 +163,30 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys):
     rc = cli.main(["predict", str(tmp_path / "quartz.cif"), "--model", "no-such-model"])
     assert rc == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_one_input_gives_one_prediction_object(model_dir, tmp_path):
+    from pymatgen.core import Structure
+
+    from e3elastic.prediction import Prediction
+
+    s = quartz_structure()
+    s.to(filename=str(tmp_path / "q.cif"))
+    (tmp_path / "more").mkdir()
+    s.to(filename=str(tmp_path / "more" / "a.cif"))
+    s.to(filename=str(tmp_path / "more" / "b.cif"))
+    one = inference.predict(s, model=model_dir)
+    assert isinstance(one, Prediction) and one.ok  # one result, not one per site
+    from_path = inference.predict(str(tmp_path / "q.cif"), model=model_dir)
+    assert isinstance(from_path, Prediction)  # not one per character
+    assert np.allclose(from_path.voigt, one.voigt, rtol=1e-5, atol=1e-4)
+    et = one.to_pymatgen()
+    assert et.k_vrh == pytest.approx(one.K_VRH_GPa, rel=1e-9)
+    assert np.allclose(one.compliance_voigt @ one.voigt, np.eye(6), atol=1e-9)
+    assert json.loads(json.dumps(one.to_dict()))["formula"] == "SiO2"
+    assert "K_VRH" in repr(one)
+    folder = inference.predict(tmp_path / "more", model=model_dir)
+    globbed = inference.predict(str(tmp_path / "more" / "*.cif"), model=model_dir)
+    assert [p.ok for p in folder] == [p.ok for p in globbed] == [True, True]
+    listed = inference.predict([s, Structure.from_file(str(tmp_path / "q.cif"))], model=model_dir)
+    assert isinstance(listed, list) and len(listed) == 2

@@ -1,0 +1,141 @@
+"""The result of predicting one structure: :class:`Prediction` (a dict with methods).
+
+>>> import numpy as np
+>>> from e3elastic import tensors
+>>> p = Prediction.from_voigt(tensors.isotropic_voigt(100.0, 50.0), file="iso.cif")
+>>> round(p.K_VRH_GPa, 6), p.born_stable, p.warnings
+(100.0, True, [])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import tensors
+
+__all__ = ["Prediction", "to_json_ready"]
+
+#: Fields every result has; a failed structure has them as None.
+RESULT_KEYS = (
+    "voigt_GPa",
+    "cartesian_GPa",
+    "K_V_GPa",
+    "K_R_GPa",
+    "K_VRH_GPa",
+    "G_V_GPa",
+    "G_R_GPa",
+    "G_VRH_GPa",
+    "youngs_modulus_GPa",
+    "poisson_ratio",
+    "universal_anisotropy",
+    "min_eigenvalue_GPa",
+    "born_stable",
+)
+
+
+class Prediction(dict):
+    """One structure's predicted stiffness and what goes with it.
+
+    A ``dict`` (``p["K_VRH_GPa"]`` works, and so does ``p.K_VRH_GPa``) with the keys of the JSON
+    output: ``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6, Voigt order 11 22 33 23 13 12),
+    ``cartesian_GPa`` (3x3x3x3), the derived moduli (``K_VRH_GPa``, ``G_VRH_GPa``, ...),
+    ``born_stable``, ``warnings`` (list of ``"code: sentence"``, see :mod:`e3elastic.domain`),
+    ``error`` (None, or why this structure failed; the numbers are then None), provenance
+    (``model``, ``lattice_A``, ``space_group``, ``point_group``) and, for an ensemble, the
+    standard deviations ``voigt_std_GPa``, ``K_VRH_std_GPa``, ``G_VRH_std_GPa``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        head = self.get("file") or self.get("id") or "structure"
+        if self.get("error") is not None:
+            return f"Prediction({head!r}, error={self['error']!r})"
+        w = f", {len(self['warnings'])} warning(s)" if self.get("warnings") else ""
+        return (
+            f"Prediction({head!r}, {self.get('formula')}, K_VRH={self['K_VRH_GPa']:.1f} GPa, "
+            f"G_VRH={self['G_VRH_GPa']:.1f} GPa{w})"
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when the structure was predicted (no error)."""
+        return self.get("error") is None
+
+    @property
+    def voigt(self) -> np.ndarray:
+        """The 6x6 Voigt stiffness (GPa); ``ValueError`` for a failed structure."""
+        self._require()
+        return np.asarray(self["voigt_GPa"], np.float64)
+
+    @property
+    def compliance_voigt(self) -> np.ndarray:
+        """6x6 Voigt compliance (1/GPa), with the factors 2 and 4 on shear terms."""
+        return tensors.compliance_voigt(self.voigt)
+
+    def to_pymatgen(self):
+        """The stiffness as ``pymatgen.analysis.elasticity.ElasticTensor`` (GPa)."""
+        from pymatgen.analysis.elasticity import ElasticTensor
+
+        return ElasticTensor.from_voigt(self.voigt)
+
+    def to_dict(self, cartesian: bool = False) -> dict[str, Any]:
+        """JSON-ready plain dict (see :func:`to_json_ready`)."""
+        return to_json_ready(self, cartesian=cartesian)
+
+    def _require(self) -> None:
+        if self.get("error") is not None:
+            raise ValueError(f"no tensor: this structure failed ({self['error']})")
+
+    @classmethod
+    def from_voigt(cls, voigt: np.ndarray, **fields: Any) -> Prediction:
+        """A result for a given tensor: its derived moduli, no warnings, no error."""
+        voigt = np.asarray(voigt, np.float64)
+        out = cls(fields)
+        out.setdefault("error", None)
+        out.setdefault("warnings", [])
+        out["voigt_GPa"] = voigt
+        out["cartesian_GPa"] = tensors.voigt_to_cartesian(voigt)
+        for k, v in tensors.derived_properties(voigt).items():
+            out[k] = bool(v) if k == "born_stable" else float(v)
+        return out
+
+    @classmethod
+    def failed(cls, error: str, **fields: Any) -> Prediction:
+        out = cls(fields)
+        out["error"] = error
+        out.setdefault("warnings", [])
+        for k in RESULT_KEYS:
+            out.setdefault(k, None)
+        return out
+
+
+def to_json_ready(result: dict[str, Any], cartesian: bool = False) -> dict[str, Any]:
+    """Arrays as nested lists, NaN as None; drops the 81-number Cartesian tensor unless asked."""
+    out = {}
+    for k, v in result.items():
+        if k == "cartesian_GPa" and not cartesian:
+            continue
+        if isinstance(v, np.ndarray):
+            v = np.where(np.isfinite(v), v, np.nan).tolist()
+            v = _nan_to_none(v)
+        elif isinstance(v, float) and not np.isfinite(v):
+            v = None
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
