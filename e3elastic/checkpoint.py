@@ -38,6 +38,7 @@ from there.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -273,7 +274,61 @@ def _read_params_npz(f: Path, want: dict[str, tuple[int, ...]]) -> dict[str, np.
 
 
 def expected_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes the config's model has (traced abstractly, nothing compiled)."""
+    """Parameter shapes the config's model has.
+
+    Tracing the model's ``init`` takes seconds, so the result is kept in memory and on disk
+    (``<cache>/shapes/``, keyed by the model config, the source of the model modules and the
+    versions of e3elastic, flax, e3nn-jax and jax); a later process loading a bundle of the
+    same architecture reads it back.
+    """
+    key = architecture_key(config)
+    if key in _SHAPES:
+        return dict(_SHAPES[key])
+    cached = _shapes_file(key)
+    try:
+        shapes = {k: tuple(v) for k, v in json.loads(cached.read_text()).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        shapes = _traced_param_shapes(config)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(shapes))
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # no writable cache: trace again next time
+    _SHAPES[key] = shapes
+    return dict(shapes)
+
+
+_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
+def architecture_key(config: Config) -> str:
+    """A short hash naming the network a config builds with this code and these libraries."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    parts = [json.dumps(dataclasses.asdict(config.model), sort_keys=True, default=str)]
+    parts.append(__version__)
+    for module in ("model.py", "elements.py", "element_descriptors.json"):  # the architecture
+        parts.append(hashlib.sha256((Path(__file__).parent / module).read_bytes()).hexdigest())
+    for pkg in ("flax", "e3nn-jax", "jax"):
+        try:
+            parts.append(f"{pkg}={version(pkg)}")
+        except PackageNotFoundError:
+            parts.append(f"{pkg}=?")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _shapes_file(key: str) -> Path:
+    from .runtime import cache_root
+
+    return cache_root() / "shapes" / f"{key}.json"
+
+
+def _traced_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes from an abstract trace of ``init`` (nothing compiled)."""
     import jax
     import jax.numpy as jnp
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,44 @@ from e3elastic.config import THEORIES
 
 class CLIError(Exception):
     """An error whose message is shown to the user without a traceback."""
+
+
+#: Output formats chosen from the extension of ``--out`` when ``--format`` is not given.
+_FORMAT_BY_SUFFIX = {".json": "json", ".csv": "csv"}
+
+
+def _output_format(out: str | None, fmt: str | None, default: str = "table") -> str:
+    if fmt is not None:
+        return fmt
+    if out is None:
+        return default
+    return _FORMAT_BY_SUFFIX.get(Path(out).suffix.lower(), default)
+
+
+def _check_output_path(out: str | None) -> None:
+    """Fail before any work when ``out`` cannot be written."""
+    if out is None:
+        return
+    path = Path(out)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise CLIError(f"--out {out}: is a folder; give a file name")
+    if not parent.is_dir():
+        raise CLIError(f"--out {out}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CLIError(f"--out {out}: not writable")
+
+
+def _write_output(out: str, text: str) -> None:
+    """Write ``text`` to ``out`` through a temporary file, so a failure leaves no half file."""
+    path = Path(out)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CLIError(f"--out {out}: cannot write ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -136,7 +176,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     try:
         if args.data_command == "summary":
-            return data.cli_summary(args)
+            return data.cli_summary(args, _config_from_args(args, _SUMMARY_OPTIONS))
         if args.data_command == "fetch-mp":
             return data.cli_fetch_mp(args)
     except data.DataError as err:
@@ -147,20 +187,37 @@ def _cmd_data(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------
 # e3elastic train | evaluate | predict
 # --------------------------------------------------------------------------------------
-def _config_from_args(args: argparse.Namespace):
+#: Options of ``train`` and the settings they set.
+_TRAIN_OPTIONS = {
+    "data": "data.data",
+    "subset": "data.subset",
+    "epochs": "train.epochs",
+    "seed": "train.seed",
+}
+#: Options of ``data summary`` and the settings they set.
+_SUMMARY_OPTIONS = {
+    "data": "data.data",
+    "subset": "data.subset",
+    "tolerance": "data.tolerance",
+    "max_sites": "data.max_sites",
+    "seed": "data.seed",
+    "holdout": "data.holdout",
+}
+
+
+def _config_from_args(args: argparse.Namespace, options: dict[str, str] = _TRAIN_OPTIONS):
+    """The ``--config`` preset with ``--set`` overrides, then the named ``options``."""
     from e3elastic import config as cfgmod
 
     try:
         cfg = cfgmod.preset(args.config)
         sets = list(args.set or [])
-        if args.data is not None:
-            sets.append(f"data.data={json.dumps(args.data)}")
-        if args.subset is not None:
-            sets.append(f"data.subset={json.dumps(args.subset)}")
-        for name in ("epochs", "seed"):
-            if getattr(args, name) is not None:
-                sets.append(f"train.{name}={getattr(args, name)}")
-        if args.float64:
+        for name, key in options.items():
+            if getattr(args, name, None) is not None:
+                sets.append(f"{key}={json.dumps(getattr(args, name))}")
+        if getattr(args, "keep_unstable", False):
+            sets.append("data.keep_unstable=true")
+        if getattr(args, "float64", False):
             sets.append('train.dtype="float64"')
         return cfg.override(sets)
     except ValueError as err:
@@ -186,7 +243,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_metrics_table(m: dict) -> None:
+def _print_metrics_table(m: dict, mae_definition: str) -> None:
     rows = [("all", m), *sorted(m.get("by_crystal_system", {}).items())]
     print(
         f"{'group':<14}{'n':>6}{'MAE Voigt':>11}{'rel Frob':>10}{'EwT5':>7}{'EwT10':>7}"
@@ -200,25 +257,74 @@ def _print_metrics_table(m: dict) -> None:
             f"{r['ewt_5']:>7.2f}{r['ewt_10']:>7.2f}{r['ewt_25']:>7.2f}"
             f"{r['mae_K_VRH_GPa']:>8.2f}{r['mae_G_VRH_GPa']:>8.2f}"
         )
-    print("(GPa; rel Frob = mean ||C_pred - C|| / ||C||; EwT = share under 5/10/25 %)")
+    print(
+        f"({mae_definition}; rel Frob = mean ||C_pred - C|| / ||C||; EwT = share of crystals "
+        "with rel Frob under 5/10/25 %; MAE K/G of the Hill averages, GPa)"
+    )
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from e3elastic import checkpoint, data, graph, runtime, train
+def _evaluate(args: argparse.Namespace) -> dict:
+    from e3elastic import checkpoint, data, evaluation, graph, runtime, train
 
     runtime.enable_compilation_cache()
     try:
-        m = train.evaluate_model(args.model, args.data, split=args.split)
-    except (train.TrainingError, data.DataError, graph.GraphError, checkpoint.CheckpointError) as e:
+        return evaluation.evaluate(args.model, args.data, split=args.split)
+    except (
+        evaluation.EvaluationError,
+        train.TrainingError,
+        data.DataError,
+        graph.GraphError,
+        checkpoint.CheckpointError,
+    ) as e:
         raise CLIError(str(e)) from None
+
+
+def _crystals_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    keys = [k for k in rows[0] if not k.endswith("voigt_GPa")] if rows else []
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    upper = [(i, j) for i in range(6) for j in range(i, 6)]
+    w.writerow(keys + [f"C{i + 1}{j + 1}_pred" for i, j in upper]
+               + [f"C{i + 1}{j + 1}_true" for i, j in upper])
+    for r in rows:
+        w.writerow([r[k] for k in keys]
+                   + [f"{r['pred_voigt_GPa'][i][j]:.4f}" for i, j in upper]
+                   + [f"{r['true_voigt_GPa'][i][j]:.4f}" for i, j in upper])
+    return buf.getvalue()
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from e3elastic.prediction import to_json_ready
+
+    _check_output_path(args.out)
+    res = _evaluate(args)
+    report = {k: v for k, v in res.items() if k != "arrays"}
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            json.dump(m, fh, indent=2)
+        if Path(args.out).suffix.lower() == ".csv":
+            _write_output(args.out, _crystals_csv(report["crystals"]))
+        else:
+            _write_output(args.out, json.dumps(to_json_ready(report), indent=2))
     if args.json:
-        print(json.dumps(m, indent=2))
-    else:
-        print(f"model {m['model']}; evaluated on {m['evaluated']}")
-        _print_metrics_table(m)
+        print(json.dumps(to_json_ready({k: v for k, v in report.items() if k != "crystals"}),
+                         indent=2))
+        return 0
+    print(f"model {res['model']} ({res['model_version']}, {res['members']} member(s)); "
+          f"evaluated on {res['evaluated']}")
+    _print_metrics_table(res["metrics"], res["mae_definition"])
+    if "coverage" in res:
+        scale = res["sigma_scale"]
+        factors = ", ".join(f"{k} x{v:.2f}" for k, v in scale.items())
+        print(f"ensemble sigma: {'calibrated (' + factors + ')' if scale else 'uncalibrated'}")
+        print(f"{'quantity':<10}{'n':>7}{'within 1 sigma':>16}{'within 2 sigma':>16}")
+        for q, c in res["coverage"].items():
+            print(f"{q:<10}{c['n']:>7}{c['within_1_sigma']:>16.2f}{c['within_2_sigma']:>16.2f}")
+    if res["skipped"]:
+        print(f"skipped {len(res['skipped'])} crystal(s) whose graph failed", file=sys.stderr)
+    if args.out:
+        print(f"per-crystal predictions written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -232,16 +338,23 @@ def _format_predictions(results: list, fmt: str) -> str:
         import io
 
         keys = ["file", "formula", "K_VRH_GPa", "G_VRH_GPa", "youngs_modulus_GPa",
-                "poisson_ratio", "universal_anisotropy", "born_stable", "error", "warnings"]
+                "poisson_ratio", "universal_anisotropy", "born_stable", "K_VRH_std_GPa",
+                "G_VRH_std_GPa", "space_group", "theory", "model", "error", "warnings"]
+        upper = [(i, j) for i in range(6) for j in range(i, 6)]
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(keys + [f"C{i + 1}{j + 1}" for i in range(6) for j in range(i, 6)])
+        w.writerow(keys + [f"C{i + 1}{j + 1}" for i, j in upper]
+                   + [f"C{i + 1}{j + 1}_std" for i, j in upper])
         for r in results:
-            v = r.get("voigt_GPa")
-            comps = [] if v is None else [f"{v[i][j]:.4f}" for i in range(6) for j in range(i, 6)]
+            v, sd = r.get("voigt_GPa"), r.get("voigt_std_GPa")
+            comps = [] if v is None else [f"{v[i][j]:.4f}" for i, j in upper]
+            stds = [""] * len(upper) if sd is None else [f"{sd[i][j]:.4f}" for i, j in upper]
             row = [r.get(k) if r.get(k) is not None else "" for k in keys]
             row[keys.index("warnings")] = " | ".join(r.get("warnings") or [])
-            w.writerow(row + comps)
+            row[keys.index("space_group")] = (r.get("symmetry") or {}).get("space_group", "")
+            model = r.get("model") or {}
+            row[keys.index("model")] = f"{model.get('name', '')} {model.get('version', '')}".strip()
+            w.writerow(row + (comps + stds if comps else []))
         return buf.getvalue()
     lines = []
     for r in results:
@@ -250,6 +363,13 @@ def _format_predictions(results: list, fmt: str) -> str:
             lines.append(f"{head}: FAILED: {r['error']}\n")
             continue
         lines.append(f"{head}: {r['formula']}")
+        sym = r.get("symmetry")
+        if sym:
+            lines.append(
+                f"  space group {sym['space_group']} (point group {sym['point_group']}, "
+                f"symprec {sym['symprec']:g} A)"
+                + ("; tensor symmetrized over it" if sym.get("symmetrized") else "")
+            )
         for warning in r.get("warnings") or []:
             lines.append(f"  WARNING {warning}")
         lines.append("  Voigt stiffness C_IJ (GPa), order 11 22 33 23 13 12:")
@@ -276,6 +396,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from e3elastic import runtime
 
     runtime.enable_compilation_cache()
+    fmt = _output_format(args.out, args.format)
+    _check_output_path(args.out)
+    if not (args.symprec > 0):
+        raise CLIError(f"--symprec must be a positive number of Angstrom, got {args.symprec}")
     inputs: list = pr.expand_paths(args.paths)
     if args.mp_id:
         from e3elastic import data
@@ -303,12 +427,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except pr.PredictError as e:
         raise CLIError(str(e)) from None
     results = pr.predict(
-        inputs, model, symmetrize=args.symmetrize, progress=bar, theory=args.theory
+        inputs,
+        model,
+        symmetrize=args.symmetrize,
+        progress=bar,
+        theory=args.theory,
+        symprec=args.symprec,
     )
-    text = _format_predictions(results, args.format)
+    if not isinstance(results, list):
+        results = [results]
+    text = _format_predictions(results, fmt)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
+        _write_output(args.out, text)
     else:
         print(text)
     failed = [r for r in results if r["error"] is not None]
@@ -344,11 +474,18 @@ def _add_model_commands(sub) -> None:
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="metrics of a trained model on a dataset")
-    ev.add_argument("--model", required=True, help="bundle folder or run folder")
+    ev.add_argument(
+        "--model", required=True,
+        help="shipped model name (default, ensemble), bundle, run or ensemble folder",
+    )
     ev.add_argument("--data", default=None, help="data folder or file")
     ev.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    ev.add_argument("--json", action="store_true")
-    ev.add_argument("--out", default=None, help="also write the metrics JSON here")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument(
+        "--out", default=None,
+        help="also write metrics and per-crystal predictions here (.json; .csv: one row per "
+        "crystal)",
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser(
@@ -359,8 +496,15 @@ def _add_model_commands(sub) -> None:
     )
     pr.add_argument("paths", nargs="*", help="structure files, folders or glob patterns")
     pr.add_argument("--model", default=None, help="shipped model name or bundle folder")
-    pr.add_argument("--format", default="table", choices=("table", "json", "csv"))
+    pr.add_argument(
+        "--format", default=None, choices=("table", "json", "csv"),
+        help="output format (default: from the --out extension, .json or .csv; else table)",
+    )
     pr.add_argument("--symmetrize", action="store_true", help="impose the point group exactly")
+    pr.add_argument(
+        "--symprec", type=float, default=0.01,
+        help="symmetry tolerance in Angstrom for the reported and imposed group (default 0.01)",
+    )
     pr.add_argument(
         "--theory",
         default="pbe",
@@ -368,7 +512,9 @@ def _add_model_commands(sub) -> None:
         help="level of theory of the predicted tensor (default pbe; b3lyp-d2 for the "
         "SiO2 zeolites' functional)",
     )
-    pr.add_argument("--out", default=None, help="write to this file instead of stdout")
+    pr.add_argument(
+        "--out", default=None, help="write to this file instead of stdout (checked first)"
+    )
     pr.add_argument("--mp-id", action="append", default=[], help="a Materials Project id")
     pr.set_defaults(func=_cmd_predict)
 
@@ -378,19 +524,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     fmt = args.format
     if args.kind == "parity":
-        from e3elastic import checkpoint, data, graph, runtime, train
-
         if not args.model:
-            raise CLIError("plot parity needs --model (a bundle or run folder)")
-        runtime.enable_compilation_cache()
-        try:
-            m = train.evaluate_model(args.model, args.data, split=args.split, return_arrays=True)
-        except (train.TrainingError, data.DataError, graph.GraphError,
-                checkpoint.CheckpointError) as e:
-            raise CLIError(str(e)) from None
+            raise CLIError("plot parity needs --model (a model name, bundle or run folder)")
+        m = _evaluate(args)
         out = args.out if args.out.endswith((".png", ".svg")) else f"{args.out}.{fmt}"
-        path = plots.parity(m["pred_voigt"], m["true_voigt"], out,
-                            title=f"{m['evaluated']} (n={m['n']})")
+        arrays = m["arrays"]
+        path = plots.parity(arrays["pred_voigt"], arrays["true_voigt"], out,
+                            title=f"{m['evaluated']} (n={m['metrics']['n']})")
         print(path)
         return 0
     if not args.inputs:
@@ -466,8 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds = dsub.add_parser(
         "summary",
         help="entries read, kept and dropped per source",
-        description="Read, align, validate and de-duplicate the data, then print per-source "
-        "counts, counts by crystal system and level of theory, SiO2 entries and split sizes.",
+        description="Read, align, validate and de-duplicate the data as training with --config "
+        "would (its data settings and model cutoff), then print per-source counts, counts by "
+        "crystal system and level of theory, SiO2 entries and split sizes.",
     )
     ds.add_argument(
         "--data",
@@ -481,22 +622,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cache folder (default: $E3ELASTIC_CACHE, else ~/.cache/e3elastic)",
     )
-    ds.add_argument("--subset", choices=("all", "pbe", "sio2"), default="all")
+    ds.add_argument(
+        "--config",
+        default="default",
+        choices=("default", "tiny", "large"),
+        help="preset whose data settings and model cutoff apply (default: default)",
+    )
+    ds.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE",
+        help="override a setting of the preset, e.g. --set model.cutoff=6 (repeatable)",
+    )
+    ds.add_argument("--subset", choices=("all", "pbe", "sio2"), default=None)
     ds.add_argument(
         "--tolerance",
         type=float,
-        default=0.05,
-        help="largest relative symmetry residual kept (default 0.05)",
+        default=None,
+        help="largest relative symmetry residual kept (default: the config's, 0.05)",
     )
-    ds.add_argument("--max-sites", type=int, default=200, help="largest structure kept (sites)")
+    ds.add_argument("--max-sites", type=int, default=None, help="largest structure kept (sites)")
     ds.add_argument(
         "--keep-unstable", action="store_true", help="keep tensors that are not positive definite"
     )
-    ds.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    ds.add_argument("--seed", type=int, default=None, help="seed of the train/val/test split")
     ds.add_argument(
         "--holdout",
         choices=("id", "composition"),
-        default="id",
+        default=None,
         help="split by id, or keep each reduced formula in one part",
     )
     ds.add_argument(
@@ -514,16 +665,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (2: bad input, 130: Ctrl-C, 141: the reader
+    of stdout went away, as for any Unix filter)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return status
     except CLIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `e3elastic ... | head`: stop quietly; point stdout at /dev/null so the interpreter's
+        # final flush does not raise again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from typing import Any
 
 __all__ = [
@@ -50,6 +52,43 @@ def theory_index(name: str) -> int:
         f"unknown level of theory {name!r}; "
         f"the model knows {', '.join(t.lower() for t in THEORIES)}"
     )
+
+
+_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+_PLURALS = {float: "numbers", int: "integers", bool: "booleans", str: "strings"}
+_BAD = object()
+
+
+def _checked(key: str, value: Any, hint: Any) -> Any:
+    """``value`` for a setting of type ``hint`` (ints become floats, lists tuples), or
+    ``ValueError`` naming the setting, the type it expects and the value."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    out = _convert(value, hint)
+    if out is _BAD:
+        if typing.get_origin(hint) is tuple:
+            expected = f"a list of {_PLURALS[typing.get_args(hint)[0]]}"
+        else:
+            expected = _NAMES[hint]
+        raise ValueError(f"{key} expects {expected}{' or null' if optional else ''}, got {value!r}")
+    return out
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            return _BAD
+        items = tuple(_convert(v, typing.get_args(hint)[0]) for v in value)
+        return _BAD if _BAD in items else items
+    if isinstance(value, bool) != (hint is bool):
+        return _BAD
+    if hint is float and isinstance(value, int | float):
+        return float(value)
+    return value if isinstance(value, hint) else _BAD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +223,8 @@ class Config:
             unknown = set(sub) - set(names)
             if unknown:
                 raise ValueError(f"unknown {field} settings in config: {sorted(unknown)}")
-            kw = {}
-            for k, v in sub.items():
-                if isinstance(getattr(klass(), k), tuple):
-                    v = tuple(v)
-                kw[k] = v
+            hints = typing.get_type_hints(klass)
+            kw = {k: _checked(f"{field}.{k}", v, hints[k]) for k, v in sub.items()}
             parts[field] = klass(**kw)
         return cls(**parts, name=str(d.get("name", "custom")))
 
@@ -201,7 +237,8 @@ class Config:
         return cls.from_dict(d)
 
     def override(self, assignments: list[str]) -> Config:
-        """Apply ``section.key=value`` strings (value parsed as JSON, else kept as a string)."""
+        """Apply ``section.key=value`` strings (value parsed as JSON, else kept as a string);
+        ``ValueError`` for an unknown setting or a value of the wrong type."""
         d = self.to_dict()
         for a in assignments:
             key, sep, raw = a.partition("=")

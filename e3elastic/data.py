@@ -74,6 +74,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from e3elastic import tensors
+from e3elastic.config import Config, default
 
 __all__ = [
     "FORMAT_VERSION",
@@ -95,6 +96,7 @@ __all__ = [
     "assign_split",
     "select_subset",
     "load_dataset",
+    "load_for_config",
     "load_split",
     "write_records",
     "fetch_mp",
@@ -988,10 +990,9 @@ def _data_files(data: str | os.PathLike | None) -> tuple[Path, list[Path]]:
 
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("E3ELASTIC_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "e3elastic"
+    from .runtime import cache_root
+
+    return Path(cache_dir) if cache_dir is not None else cache_root()
 
 
 def _cache_key(files: Sequence[Path], options: dict[str, Any]) -> str:
@@ -1153,6 +1154,24 @@ def load_dataset(
     return Dataset(records, tuple(state["dropped"]), split, report, options)
 
 
+def load_for_config(config: Config, **kwargs: Any) -> Dataset:
+    """:func:`load_dataset` with the data settings of ``config`` and its model's cutoff: the
+    dataset a training run of ``config`` sees. ``kwargs``: ``cache_dir``, ``use_cache``,
+    ``progress``."""
+    dc = config.data
+    return load_dataset(
+        dc.data,
+        subset=dc.subset,
+        tolerance=dc.tolerance,
+        keep_unstable=dc.keep_unstable,
+        max_sites=dc.max_sites,
+        cutoff=config.model.cutoff,
+        seed=dc.seed,
+        holdout=dc.holdout,
+        **kwargs,
+    )
+
+
 def _report(
     state: dict[str, Any],
     records: Sequence[Record],
@@ -1173,6 +1192,8 @@ def _report(
             "dropped_by_reason": dict(sorted(drops[src].items())),
         }
     sio2 = [r for r in records if r.formula == "SiO2"]
+    ids = {r.id for r in records}
+    left_out = Counter(r.theory for r in state["records"] if r.id not in ids)
     return {
         "data": options["data"],
         "options": options,
@@ -1181,6 +1202,7 @@ def _report(
         "sources": sources,
         "subset": options["subset"],
         "records": len(records),
+        "subset_removed": {"total": left_out.total(), "by_theory": dict(sorted(left_out.items()))},
         "crystal_systems": dict(sorted(Counter(r.crystal_system for r in records).items())),
         "theory": dict(sorted(Counter(r.theory for r in records).items())),
         "frame": dict(sorted(Counter(r.frame for r in records).items())),
@@ -1216,7 +1238,8 @@ def format_report(report: dict[str, Any]) -> str:
     split = report["split"]
     lines += [
         "",
-        f"subset {report['subset']!r}: {report['records']} records",
+        f"subset {report['subset']!r}: {report['records']} records "
+        f"({report['subset_removed']['total']} other valid records left out)",
         f"  crystal systems: {join(report['crystal_systems'])}",
         f"  level of theory: {join(report['theory'])}",
         f"  frame: {join(report['frame'])}",
@@ -1304,16 +1327,11 @@ def fetch_mp(
 # --------------------------------------------------------------------------------------------
 
 
-def cli_summary(args: Any) -> int:
-    """``e3elastic data summary``: print the report (table, or JSON with ``--json``)."""
-    ds = load_dataset(
-        args.data,
-        subset=getattr(args, "subset", "all"),
-        tolerance=getattr(args, "tolerance", 0.05),
-        keep_unstable=getattr(args, "keep_unstable", False),
-        max_sites=getattr(args, "max_sites", 200),
-        seed=getattr(args, "seed", 0),
-        holdout=getattr(args, "holdout", "id"),
+def cli_summary(args: Any, config: Config | None = None) -> int:
+    """``e3elastic data summary``: print the report (table, or JSON with ``--json``) of the
+    dataset a training run of ``config`` (default: the ``default`` preset) sees."""
+    ds = load_for_config(
+        config or default(),
         cache_dir=getattr(args, "cache_dir", None),
         use_cache=not getattr(args, "no_cache", False),
         progress=not getattr(args, "json", False),

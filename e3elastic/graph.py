@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -909,7 +910,8 @@ def build_graphs_cached(
     The key (:func:`dataset_key`) covers the ids, the structures' content, the cutoff,
     ``allow_isolated`` and the format version, so any change rebuilds. ``max_edges`` is
     checked on cached graphs too. Without ``cache_dir`` nothing is cached. An unreadable or
-    stale cache file is rebuilt and overwritten.
+    stale cache file is rebuilt and overwritten; a cache that cannot be written is reported on
+    stderr and the graphs are returned all the same.
     """
     items = list(items)
     if cache_dir is None:
@@ -931,7 +933,10 @@ def build_graphs_cached(
         graphs = build_graphs_cached(
             items, cutoff, None, allow_isolated=allow_isolated, max_edges=max_edges
         )
-        save_graphs(path, graphs, key)
+        try:
+            save_graphs(path, graphs, key)
+        except OSError as err:
+            print(f"warning: cannot write graph cache {path}: {err}", file=sys.stderr)
     elif max_edges is not None:
         for g in graphs:
             if g.n_edge > max_edges:

@@ -24,7 +24,13 @@ so coordinates far outside it (1e8 Angstrom) give the same prediction as inside 
 
 The tensor is in the Cartesian frame of the structure as given: the network is equivariant, so
 rotating the input rotates the output. ``symmetrize=True`` averages the prediction over the
-structure's point group (spglib, symprec 0.01), making its symmetry exact.
+structure's point group (spglib with tolerance ``symprec``, default :data:`SYMPREC` Angstrom),
+making its symmetry exact.
+
+Every result also records where it came from: ``model`` (name, version, e3elastic version,
+members), ``theory``, ``lattice_A`` (the 3x3 lattice, rows a, b, c in Angstrom: the Cartesian
+frame of the tensor) and ``symmetry`` (space group, point group, crystal system, the
+``symprec`` used, and whether the tensor was symmetrized).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +70,9 @@ MAX_EDGES = 300_000
 #: float64 cannot place them within the cell to better than ~1e-7 of a lattice vector.
 MAX_FRACTIONAL = 1e9
 
+#: Default spglib tolerance (Angstrom) for the symmetry of a structure.
+SYMPREC = 0.01
+
 #: File suffixes collected from a directory.
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json", ".cssr", ".xsf")
 
@@ -80,22 +89,53 @@ class Model:
     members: list[tuple[Any, dict[str, np.ndarray]]]  # (params, stats) per member
     info: dict[str, Any]
     path: str
+    name: str = ""
+    version: str = ""
+    #: Factors for an ensemble's standard deviations (``voigt``, ``K_VRH``, ``G_VRH``) fitted
+    #: on validation data (the ensemble folder's ``calibration.json``); empty: uncalibrated.
+    sigma_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._predict = None
+        self.name = self.name or self.path
 
     @property
     def n_members(self) -> int:
         return len(self.members)
 
+    @property
+    def n_parameters(self) -> int:
+        """Trainable parameters of one member."""
+        import jax
+
+        return int(sum(np.size(a) for a in jax.tree_util.tree_leaves(self.members[0][0])))
+
+    def __repr__(self) -> str:
+        trained = (self.info.get("training_set") or {}).get("theories") or {}
+        data = ", ".join(f"{n} {t}" for t, n in trained.items())
+        return (
+            f"Model({self.name!r}, config={self.config.name!r}, "
+            f"parameters={self.n_parameters:,}, members={self.n_members}, "
+            f"version={self.version!r}" + (f", trained on {data}" if data else "") + ")"
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        from . import __version__
+
+        out = {
+            "name": self.name,
+            "version": self.version,
+            "e3elastic": __version__,
+            "members": self.n_members,
+        }
+        if self.n_members > 1:
+            out["sigma_calibrated"] = bool(self.sigma_scale)
+        return out
+
     def _fn(self):
+        """``apply(params, inputs)``: the network, compiled once per input shape."""
         if self._predict is None:
-            import jax
-
-            from .model import ElasticityNet
-
-            net = ElasticityNet(self.config.model)
-            self._predict = jax.jit(net.apply)
+            self._predict = _StoredPrograms(self.config)
         return self._predict
 
     def theory_index(self, theory: str | None) -> int:
@@ -116,17 +156,21 @@ class Model:
         return i
 
     def predict_irreps(
-        self, graphs: Sequence[Any], batch_size: int = 8, theory: int = 0
+        self, graphs: Sequence[Any], batch_size: int = 8, theory: Any = 0, buckets=None
     ) -> np.ndarray:
         """``(n_members, n, 21)`` denormalised head outputs for graphs (irreps of C in GPa, or of
-        its logarithm for a log-head model; :meth:`voigt` turns them into C)."""
+        its logarithm for a log-head model; :meth:`voigt` turns them into C).
+
+        ``theory`` is one level-of-theory index for all graphs or one per graph. ``buckets``
+        (default: sized to these graphs) fixes the padded shapes, so a later call with the same
+        buckets reuses the compiled program."""
         from .model import batch_inputs
 
         fn = self._fn()
         out = np.zeros((self.n_members, len(graphs), 21))
         if not graphs:
             return out
-        buckets = _inference_buckets(graphs, batch_size)
+        buckets = buckets or _inference_buckets(graphs, batch_size)
         for b in graph_mod.batches(graphs, batch_size=batch_size, buckets=buckets):
             inp = batch_inputs(b, np.float32, theory)
             real = b.graph_index >= 0
@@ -140,6 +184,70 @@ class Model:
         from .model import voigt_from_outputs
 
         return voigt_from_outputs(outputs, self.config.model)
+
+
+class _StoredPrograms:
+    """The network's jitted ``apply``, one program per input shape, each kept on disk.
+
+    Tracing the flax/e3nn network takes seconds; so every program is also exported
+    (``jax.export``, StableHLO) to ``<cache>/exported/``, keyed by the architecture
+    (:func:`e3elastic.checkpoint.architecture_key`), the input and parameter shapes, the
+    backend and the precision mode. A later process deserialises it instead of tracing, and XLA
+    compiles it from the persistent compilation cache. Without a usable cache (or without the
+    ``flatbuffers`` package that serialisation needs) it falls back to a plain ``jax.jit``.
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.programs: dict[Any, Any] = {}
+
+    def __call__(self, params, inputs):
+        sig = tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(inputs.items()))
+        fn = self.programs.get(sig)
+        if fn is None:
+            fn = self.programs[sig] = self._program(params, inputs, sig)
+        return fn(params, inputs)
+
+    def _program(self, params, inputs, sig):
+        import hashlib
+
+        import jax
+
+        from .checkpoint import architecture_key
+        from .model import ElasticityNet
+        from .runtime import cache_root
+
+        jitted = jax.jit(ElasticityNet(self.config.model).apply)
+        try:
+            from jax import export
+        except ImportError:
+            return jitted
+        leaves = jax.tree_util.tree_leaves(params)
+        key = repr((
+            architecture_key(self.config),
+            sig,
+            [(np.shape(a), np.asarray(a).dtype.str) for a in leaves],
+            jax.default_backend(),
+            bool(jax.config.jax_enable_x64),
+        ))
+        path = cache_root() / "exported" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
+        try:
+            return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
+        except Exception:  # absent, damaged or from another jax: export it again
+            pass
+        try:
+            exported = export.export(jitted)(params, inputs)
+            blob = exported.serialize()
+        except Exception:  # e.g. no flatbuffers: serialisation unavailable
+            return jitted
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return jax.jit(exported.call)
 
 
 def _inference_buckets(graphs, batch_size):
@@ -192,7 +300,7 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Model:
             )
     if not path.is_dir():
         raise PredictError(f"{path}: a model is a folder (a bundle, run or ensemble)")
-    members, config, info = [], None, {}
+    members, config, info, hashes = [], None, {}, []
     for d in _bundle_dirs(path):
         try:
             cfg, params, stats, inf = load_bundle(d)
@@ -203,7 +311,50 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Model:
         elif cfg.model != config.model:
             raise PredictError(f"{d}: ensemble members must share one model config")
         members.append((params, stats))
-    return Model(config=config, members=members, info=info, path=str(path))
+        hashes.append(_params_hash(d))
+    version = hashes[0] if len(hashes) == 1 else _hash_text(" ".join(hashes))
+    if info.get("trained"):
+        version = f"{info['trained']}+{version}"
+    return Model(
+        config=config,
+        members=members,
+        info=info,
+        path=str(path),
+        name=str(name),
+        version=version,
+        sigma_scale=_sigma_scale(path) if len(members) > 1 else {},
+    )
+
+
+def _sigma_scale(folder: Path) -> dict[str, float]:
+    """The ``sigma_scale`` of an ensemble folder's ``calibration.json`` ({} if none)."""
+    import json
+
+    f = folder / "calibration.json"
+    if not f.is_file():
+        return {}
+    try:
+        scale = json.loads(f.read_text()).get("sigma_scale") or {}
+        return {str(k): float(v) for k, v in scale.items() if np.isfinite(float(v)) and v > 0}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise PredictError(f"{f}: unreadable calibration ({e})") from None
+
+
+def _params_hash(bundle: Path) -> str:
+    """Short content hash of a bundle's parameters (from its MANIFEST.json)."""
+    import json
+
+    try:
+        manifest = json.loads((bundle / "MANIFEST.json").read_text())
+        return str(manifest["params.npz"])[:12]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+def _hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,11 +499,45 @@ _EMPTY_KEYS = (
 )
 
 
-def point_group_rotations(structure) -> np.ndarray:
+def symmetry(structure, symprec: float = SYMPREC) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cartesian point-group operations ``(n, 3, 3)`` of a structure and a description
+    (``space_group``, ``space_group_number``, ``point_group``, ``crystal_system``, ``symprec``).
+
+    spglib (through pymatgen) with tolerance ``symprec`` in Angstrom. A lattice symmetric only
+    within ``symprec`` makes the Cartesian operations slightly non-orthogonal, and they then no
+    longer form a group. So the lattice metric is first averaged over the (integer, exact)
+    fractional operations, and the operations are expressed in the nearest lattice with that
+    metric (the input lattice under a small symmetric strain, no rotation): they are then
+    orthogonal and close into a group to float64 round-off.
+    """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    ops = SpacegroupAnalyzer(structure, symprec=0.01).get_point_group_operations(cartesian=True)
-    return np.array([op.rotation_matrix for op in ops])
+    sga = SpacegroupAnalyzer(structure, symprec=symprec)
+    frac = np.array(
+        [op.rotation_matrix for op in sga.get_point_group_operations(cartesian=False)]
+    )
+    lat_t = np.asarray(structure.lattice.matrix, np.float64).T  # columns a, b, c
+    metric = lat_t.T @ lat_t
+    ideal = np.mean(np.swapaxes(frac, 1, 2) @ metric @ frac, axis=0)  # invariant metric
+    inv = np.linalg.inv(lat_t)
+    w, v = np.linalg.eigh(inv.T @ ideal @ inv)  # S^2: the lattice becomes S @ lat_t
+    strain = (v * np.sqrt(w)) @ v.T
+    ideal_t = strain @ lat_t
+    rots = tensors.nearest_orthogonal(ideal_t @ frac @ np.linalg.inv(ideal_t))
+    return rots, {
+        "space_group": sga.get_space_group_symbol(),
+        "space_group_number": int(sga.get_space_group_number()),
+        "point_group": sga.get_point_group_symbol(),
+        "crystal_system": sga.get_crystal_system(),
+        "symprec": float(symprec),
+    }
+
+
+def _symmetry_or_none(structure, symprec: float):
+    try:
+        return symmetry(structure, symprec)
+    except Exception:  # spglib gives up on some odd cells; symmetry is then unknown
+        return None, None
 
 
 def predict(
@@ -364,6 +549,7 @@ def predict(
     progress=None,
     max_edges: int | None = MAX_EDGES,
     theory: str | None = None,
+    symprec: float = SYMPREC,
 ) -> Prediction | list[Prediction]:
     """Predict C for each structure (see the module docstring for the result fields).
 
@@ -373,11 +559,17 @@ def predict(
     ``progress(done, total)`` is called after each batch when given. A structure with more
     than ``max_edges`` neighbour pairs (None: no limit) gets an error instead of a result.
     ``theory`` (``pbe``, the default, or ``b3lyp-d2``) is the level of theory whose tensor
-    the model should give, for a model trained on several.
+    the model should give, for a model trained on several. ``symprec`` (Angstrom) is the
+    symmetry tolerance reported in ``symmetry`` and used by ``symmetrize``.
     """
+    if not (isinstance(symprec, int | float) and np.isfinite(symprec) and symprec > 0):
+        raise ValueError(f"symprec must be a positive number of Angstrom, got {symprec!r}")
     if not isinstance(model, Model):
         model = load_model(model)
     theory_input = model.theory_index(theory)
+    from .config import THEORIES
+
+    provenance = model.provenance()
     items, single = _input_items(structures)
     results: list[Prediction] = []
     good: list[tuple[int, Any, Any]] = []  # (result index, structure, graph)
@@ -389,18 +581,36 @@ def predict(
             "formula": None,
             "error": None,
             "warnings": [],
+            "model": provenance,
+            "theory": THEORIES[theory_input],
+            "lattice_A": None,
+            "symmetry": None,
         })
         try:
             name, s = _as_structure(item)
             _check_structure(s)
             res["id"] = name
             res["formula"] = s.composition.reduced_formula
+            res["lattice_A"] = np.asarray(s.lattice.matrix, np.float64)
             s = _wrapped(s)
             g = graph_mod.structure_to_graph(
                 s, model.config.model.cutoff, id=name, max_edges=max_edges
             )
             res["warnings"] = domain.structure_warnings(s, g, model.info.get("training_set"))
-            good.append((len(results), s, g))
+            rotations, res["symmetry"] = _symmetry_or_none(s, symprec)
+            if symmetrize:
+                if rotations is None:
+                    raise PredictError("cannot symmetrize: spglib found no symmetry for this cell")
+                res["symmetry"]["symmetrized"] = True
+                if len(rotations) <= 2:  # 1 or -1: no constraint on a 4th-rank tensor
+                    res["warnings"].append(
+                        f"symmetry-p1: found only point group {res['symmetry']['point_group']} "
+                        f"at symprec {symprec:g} A, so symmetrizing changed nothing; a larger "
+                        "--symprec may find the intended symmetry"
+                    )
+            elif res["symmetry"] is not None:
+                res["symmetry"]["symmetrized"] = False
+            good.append((len(results), s, g, rotations if symmetrize else None))
         except (PredictError, graph_mod.GraphError, ValueError) as e:
             res["error"] = str(e) if str(e) else _short(e)
         except Exception as e:  # pymatgen and friends raise many types on odd input
@@ -410,24 +620,29 @@ def predict(
     done = 0
     for start in range(0, len(good), max(1, batch_size) * 8):
         chunk = good[start : start + max(1, batch_size) * 8]
+        graphs = [g for _, _, g, _ in chunk]
+        buckets = _inference_buckets(graphs, batch_size)
+        batch_error = None
         try:
-            irreps = model.predict_irreps(
-                [g for _, _, g in chunk], batch_size, theory_input
-            )  # (M, n, 21)
-        except Exception:  # e.g. out of memory: retry one by one, so only the culprit fails
-            irreps = None
-        for j, (i, s, g) in enumerate(chunk):
+            irreps = model.predict_irreps(graphs, batch_size, theory_input, buckets)  # (M, n, 21)
+        except Exception as e:  # e.g. out of memory: retry one by one, so only the culprit fails
+            irreps, batch_error = None, _short(e)
+        for j, (i, _s, g, rotations) in enumerate(chunk):
             try:
                 one = (
                     irreps[:, j]
-                    if irreps is not None
-                    else model.predict_irreps([g], 1, theory_input)[:, 0]
+                    if irreps is not None  # the same padded shapes: no new compilation
+                    else model.predict_irreps([g], batch_size, theory_input, buckets)[:, 0]
                 )
                 voigts = model.voigt(one)
-                results[i].update(_finish(voigts, s, symmetrize))
+                results[i].update(_finish(voigts, rotations, model.sigma_scale))
                 results[i]["warnings"] += domain.ensemble_warnings(voigts)
             except Exception as e:  # non-finite output, singular tensor, model failure
-                results[i]["error"] = f"prediction failed: {_short(e)}"
+                results[i]["error"] = f"prediction failed: {_short(e)}" + (
+                    f" (its batch of {len(chunk)} had failed first: {batch_error})"
+                    if batch_error
+                    else ""
+                )
         done += len(chunk)
         if progress is not None:
             progress(done, len(good))
@@ -461,10 +676,14 @@ def _input_items(structures: Any) -> tuple[list[Any], bool]:
     return items, False
 
 
-def _finish(member_voigts: np.ndarray, structure, symmetrize: bool) -> dict[str, Any]:
+def _finish(
+    member_voigts: np.ndarray, rotations: np.ndarray | None, sigma_scale: dict[str, float]
+) -> dict[str, Any]:
+    """Result fields from the members' Voigt tensors, averaged over ``rotations`` if given;
+    an ensemble's standard deviations are multiplied by ``sigma_scale``."""
     carts = tensors.voigt_to_cartesian(member_voigts)  # (M, 3, 3, 3, 3)
-    if symmetrize:
-        carts = tensors.symmetrize(carts, point_group_rotations(structure))
+    if rotations is not None:
+        carts = tensors.symmetrize(carts, rotations)
     voigts = tensors.cartesian_to_voigt(carts)
     if not np.all(np.isfinite(voigts)):
         raise ValueError("the model gave non-finite values")
@@ -484,8 +703,8 @@ def _finish(member_voigts: np.ndarray, structure, symmetrize: bool) -> dict[str,
     if len(voigts) > 1:
         k_all = tensors.bulk_modulus(voigts)["hill"]
         g_all = tensors.shear_modulus(voigts)["hill"]
-        out["voigt_std_GPa"] = voigts.std(axis=0, ddof=1)
-        out["K_VRH_std_GPa"] = float(np.std(k_all, ddof=1))
-        out["G_VRH_std_GPa"] = float(np.std(g_all, ddof=1))
+        out["voigt_std_GPa"] = voigts.std(axis=0, ddof=1) * sigma_scale.get("voigt", 1.0)
+        out["K_VRH_std_GPa"] = float(np.std(k_all, ddof=1)) * sigma_scale.get("K_VRH", 1.0)
+        out["G_VRH_std_GPa"] = float(np.std(g_all, ddof=1)) * sigma_scale.get("G_VRH", 1.0)
         out["n_members"] = len(voigts)
     return out

@@ -117,25 +117,22 @@ class Prediction(dict):
 
 
 def to_json_ready(result: dict[str, Any], cartesian: bool = False) -> dict[str, Any]:
-    """Arrays as nested lists, NaN as None; drops the 81-number Cartesian tensor unless asked."""
-    out = {}
-    for k, v in result.items():
-        if k == "cartesian_GPa" and not cartesian:
-            continue
-        if isinstance(v, np.ndarray):
-            v = np.where(np.isfinite(v), v, np.nan).tolist()
-            v = _nan_to_none(v)
-        elif isinstance(v, float) and not np.isfinite(v):
-            v = None
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
+    """Arrays as nested lists, NaN as None (also inside nested dicts and lists); drops the
+    81-number Cartesian tensor unless asked."""
+    return {
+        k: _plain(v) for k, v in result.items() if cartesian or k != "cartesian_GPa"
+    }
 
 
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
+def _plain(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x

@@ -10,17 +10,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["default_cache_dir", "enable_compilation_cache"]
+__all__ = ["cache_root", "default_cache_dir", "enable_compilation_cache"]
 
 _enabled: str | None = None
+
+
+def cache_root() -> Path:
+    """``$E3ELASTIC_CACHE``, else ``~/.cache/e3elastic``: parsed data, graphs, model shapes."""
+    env = os.environ.get("E3ELASTIC_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "e3elastic"
 
 
 def default_cache_dir() -> Path:
     """``$E3ELASTIC_JAX_CACHE``, else ``$E3ELASTIC_CACHE/jax``, else ``~/.cache/e3elastic/jax``."""
     if os.environ.get("E3ELASTIC_JAX_CACHE"):
         return Path(os.environ["E3ELASTIC_JAX_CACHE"])
-    base = os.environ.get("E3ELASTIC_CACHE") or Path.home() / ".cache" / "e3elastic"
-    return Path(base) / "jax"
+    return cache_root() / "jax"
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:

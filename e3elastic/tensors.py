@@ -57,6 +57,7 @@ __all__ = [
     "rotate",
     "symmetrize",
     "symmetry_residual",
+    "nearest_orthogonal",
     "isotropic_voigt",
     "bulk_modulus",
     "shear_modulus",
@@ -444,6 +445,16 @@ def rotate(C, R) -> np.ndarray:
 def _rotate_all(c: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Cartesian c (..., 3,3,3,3), rotations r (n, 3, 3) -> (..., n, 3, 3, 3, 3)."""
     return np.einsum("nia,njb,nkc,nld,...abcd->...nijkl", r, r, r, r, c)
+
+
+def nearest_orthogonal(R) -> np.ndarray:
+    """The orthogonal matrix nearest to each ``(..., 3, 3)`` matrix (its polar factor).
+
+    Symmetry operations found within a tolerance (a lattice symmetric only within spglib's
+    ``symprec``) are slightly non-orthogonal in Cartesian form; this makes them exact.
+    """
+    u, _, vt = np.linalg.svd(np.asarray(R, dtype=np.float64))
+    return u @ vt
 
 
 def symmetrize(C, rotations) -> np.ndarray:

@@ -16,8 +16,9 @@
 4. after each epoch evaluate on the validation split, append one line to ``metrics.jsonl``
    (deterministic content only; wall times go to ``timing.jsonl``), save an orbax checkpoint,
    and export the inference bundle ``best/`` when validation error improves;
-5. stop early after ``patience`` epochs without improvement, then evaluate the best weights on
-   validation and test (``final_metrics.json``).
+5. stop early, at an evaluation, once ``patience`` epochs have passed since the best
+   validation error, then evaluate the best weights on validation and test
+   (``final_metrics.json``).
 
 ``resume=True`` continues from the latest readable checkpoint; epochs are shuffled with a seed
 derived from (seed, epoch), so a resumed run follows the same path as an uninterrupted one.
@@ -29,8 +30,10 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -116,25 +119,49 @@ def graphs_for_records(records, cutoff: float, cache_dir=None, log=_log):
     return good, graphs, bad
 
 
+#: The setting to change when validation drops crystals for a reason.
+_REASON_SETTINGS = {
+    "too many sites": "data.max_sites",
+    "isolated atom": "model.cutoff",
+    "not positive definite": "data.keep_unstable",
+    "frame mismatch": "data.tolerance",
+}
+
+
+def _empty_split_message(dataset, dropped: list[tuple[str, str]], config: Config) -> str:
+    """Why nothing is left to train on: entries read, and what each filter removed."""
+    report = dataset.report
+    settings = config.to_dict()
+    read = sum(s["read"] for s in report["sources"].values())
+    parts = [f"{read} entries read"]
+    for kind, n in Counter(d.kind for d in dataset.dropped).most_common():
+        text = f"{n} dropped as {kind!r}"
+        if kind in _REASON_SETTINGS:
+            key = _REASON_SETTINGS[kind]
+            section, name = key.split(".")
+            text += f" (change {key}, now {json.dumps(settings[section][name])})"
+        parts.append(text)
+    removed = report.get("subset_removed", {})
+    if removed.get("total"):
+        by = ", ".join(f"{k} {v}" for k, v in removed["by_theory"].items())
+        parts.append(
+            f"data.subset {config.data.subset!r} removed {removed['total']} ({by}); keep them "
+            "with --subset all"
+        )
+    if dropped:
+        first_id, reason = dropped[0]
+        parts.append(f"{len(dropped)} left out by the model (first {first_id}: {reason})")
+    sizes = ", ".join(f"{p} {len(dataset.split[p])}" for p in ("train", "val", "test"))
+    parts.append(f"{len(dataset.records)} crystals left ({sizes})")
+    return "the training split is empty: " + "; ".join(parts)
+
+
 def prepare_data(config: Config, dataset=None, log=_log) -> Prepared:
     """Load the dataset of ``config.data`` (unless given), build graphs and buckets."""
     dc, mc = config.data, config.model
     if dataset is None:
-        dataset = data_mod.load_dataset(
-            dc.data,
-            subset=dc.subset,
-            tolerance=dc.tolerance,
-            keep_unstable=dc.keep_unstable,
-            max_sites=dc.max_sites,
-            cutoff=mc.cutoff,
-            seed=dc.seed,
-            holdout=dc.holdout,
-        )
-    cache_dir = None
-    try:
-        cache_dir = data_mod._cache_dir(None) / "graphs"
-    except Exception:  # no writable cache: build in memory
-        cache_dir = None
+        dataset = data_mod.load_for_config(config)
+    cache_dir = data_mod._cache_dir(None) / "graphs"
     from .model import targets_from_voigt
 
     graphs, records, irreps, theory, dropped = {}, {}, {}, {}, []
@@ -151,7 +178,7 @@ def prepare_data(config: Config, dataset=None, log=_log) -> Prepared:
         )
         theory[part] = theory_indices(good, config)
     if not graphs["train"]:
-        raise TrainingError("the training split is empty; nothing to train on")
+        raise TrainingError(_empty_split_message(dataset, dropped, config))
     buckets = graph_mod.make_buckets(graphs["train"], dc.batch_size, dc.n_buckets, seed=dc.seed)
     return Prepared(dataset, graphs, records, irreps, buckets, dropped, theory)
 
@@ -532,9 +559,92 @@ def train_and_evaluate(
     log=_log,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` in ``workdir``; returns the final metrics (see module docstring)."""
+    """Train ``config`` in ``workdir``; returns the final metrics (see module docstring).
+
+    While it runs, ``workdir/.lock`` holds the trainer's PID and host (see :func:`take_lock`).
+    ``resume`` refuses settings that differ from those the run started with, except
+    :data:`RESUMABLE_CHANGES`.
+    """
     jax = _jax()
     maybe_initialize_distributed()
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(workdir, log) if jax.process_index() == 0 else None
+    try:
+        return _train(config, workdir, resume, prepared, log, progress)
+    finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+
+
+#: Settings a resumed run may change: they do not alter what it computes.
+RESUMABLE_CHANGES = ("train.max_minutes",)
+
+
+def config_changes(saved: Config, config: Config) -> list[str]:
+    """``section.key old -> new`` (values as JSON) for each setting that differs."""
+
+    def flat(c: Config) -> dict[str, Any]:
+        return {
+            f"{section}.{k}": v
+            for section, values in c.to_dict().items()
+            if isinstance(values, dict)
+            for k, v in values.items()
+        }
+
+    a, b = flat(saved), flat(config)
+    return [
+        f"{k} {json.dumps(a[k])} -> {json.dumps(b[k])}"
+        for k in a
+        if a[k] != b[k] and k not in RESUMABLE_CHANGES
+    ]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def take_lock(workdir: Path, log=_log) -> Path:
+    """Create ``workdir/.lock`` holding this process's PID and host; ``TrainingError`` while
+    a live process (or one on another host) holds it. A lock whose process is gone is taken
+    over with a note."""
+    path = workdir / ".lock"
+    host = socket.gethostname()
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                pid, other = int(holder["pid"]), str(holder["host"])
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                pid, other = None, None
+            if pid is not None and (other != host or _pid_alive(pid)):
+                raise TrainingError(
+                    f"{workdir} is in use by process {pid} on {other} (lock file {path}); wait "
+                    "for it to finish or use another --workdir (delete the lock file only if "
+                    "that process is not training there)"
+                ) from None
+            gone = f"process {pid} on {other} is gone" if pid is not None else "empty or garbled"
+            log(f"note: taking over the stale lock {path} ({gone})")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": host}, f)
+        return path
+    raise TrainingError(f"cannot take the lock {path}; another trainer keeps taking it")
+
+
+def _train(config: Config, workdir: Path, resume: bool, prepared, log, progress):
+    jax = _jax()
     if config.train.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     elif config.train.dtype != "float32":
@@ -542,14 +652,16 @@ def train_and_evaluate(
     from .checkpoint import TrainCheckpoints, export_bundle
     from .model import batch_inputs, irrep_stats
 
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.json"
     if resume and cfg_path.exists():
-        saved = Config.from_json(cfg_path.read_text())
-        if saved != config:
-            log(f"resuming with the config saved in {cfg_path}")
-            config = saved
+        changes = config_changes(Config.from_json(cfg_path.read_text()), config)
+        if changes:
+            raise TrainingError(
+                f"{workdir} holds a run started with other settings: {', '.join(changes)}. "
+                "A run resumes with the settings it started with (its learning-rate schedule "
+                "follows train.epochs): resume with the same options, or start a new run "
+                "with another --workdir"
+            )
     cfg_path.write_text(config.to_json())
     tc, dc = config.train, config.data
     dtype = _np_dtype(config)
@@ -650,7 +762,6 @@ def train_and_evaluate(
     params, opt_state = dp.replicate((params, opt_state))
     if dp.n_sub > 1:
         log(f"data parallel: {dp.n_sub} sub-batches per step on {dp.n_devices} device(s)")
-    bad_epochs = 0 if best["epoch"] < 0 else max(0, start_epoch - 1 - best["epoch"])
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
         shapes, losses, n_seen = set(), [], 0
@@ -720,9 +831,6 @@ def train_and_evaluate(
             if _score(vm) < best["score"]:
                 best = {"score": _score(vm), "epoch": epoch}
                 improved = True
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
         elif not prep.graphs["val"]:
             best = {"score": train_loss, "epoch": epoch}
             improved = True
@@ -756,8 +864,11 @@ def train_and_evaluate(
             f"epoch {epoch}: loss {train_loss:.4f}{val_txt} ({dt:.1f} s, "
             f"{n_seen / max(t_train, 1e-9):.1f} crystals/s){' *' if improved else ''}"
         )
-        if bad_epochs >= tc.patience:
-            log(f"early stop: no better validation error for {tc.patience} epochs")
+        if "val" in record and epoch - best["epoch"] >= tc.patience:
+            log(
+                f"early stop: no better validation error for {epoch - best['epoch']} epochs "
+                f"(patience {tc.patience})"
+            )
             break
         if tc.max_minutes and (time.perf_counter() - t_start) > 60 * tc.max_minutes:
             log(f"stopping: reached max_minutes={tc.max_minutes}")
@@ -770,8 +881,6 @@ def training_set_counts(records) -> dict[str, Any]:
     """What a model was trained on, for its bundle: crystals per element (a crystal counts
     once per element it contains) and per level of theory, and the range of volume per atom
     (Angstrom^3) and of nearest-neighbour distance ratios, for domain checks at prediction."""
-    from collections import Counter
-
     elements: Counter = Counter()
     theory: Counter = Counter()
     vpa = []
@@ -854,88 +963,4 @@ def baselines(prep: Prepared) -> dict[str, Any]:
             "train_mean": metrics_mod.tensor_metrics(p1, true),
             "train_mean_per_crystal_system": metrics_mod.tensor_metrics(p2, true),
         }
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation of a saved model on any dataset
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_bundle(path: str | os.PathLike) -> Path:
-    """A bundle folder, or a run folder holding ``best/``."""
-    p = Path(path)
-    if (p / "MANIFEST.json").is_file():
-        return p
-    if (p / "best" / "MANIFEST.json").is_file() or (p / ".best.old" / "MANIFEST.json").is_file():
-        return p / "best"  # load_bundle falls back to .best.old after an interrupted export
-    raise TrainingError(f"{p}: no model bundle here (expected MANIFEST.json or best/)")
-
-
-def evaluate_model(
-    model: str | os.PathLike,
-    data: str | os.PathLike | None = None,
-    *,
-    split: str = "test",
-    log=_log,
-    return_arrays: bool = False,
-) -> dict[str, Any]:
-    """Metrics of a saved model on a dataset the readers accept.
-
-    With ``return_arrays`` the result also holds ``ids``, ``pred_voigt`` and ``true_voigt``
-    (``(n, 6, 6)`` arrays, GPa).
-
-    With ``split`` ``train``/``val``/``test``, the crystals are those of the model's own saved
-    split that the dataset holds; when the dataset shares no id with that split part (a new
-    dataset), every crystal is evaluated. ``split="all"`` evaluates every crystal.
-    """
-    from .checkpoint import load_bundle
-
-    bundle = resolve_bundle(model)
-    config, params, stats, info = load_bundle(bundle)
-    params = cast_params(params, config)
-    dc = config.data
-    dataset = data_mod.load_dataset(
-        data if data is not None else dc.data,
-        subset="all",
-        tolerance=dc.tolerance,
-        keep_unstable=dc.keep_unstable,
-        max_sites=dc.max_sites,
-        cutoff=config.model.cutoff,
-        seed=dc.seed,
-        holdout=dc.holdout,
-    )
-    records = list(dataset.records)
-    chosen = records
-    note = "all crystals"
-    if split != "all":
-        ids = set((info.get("split") or {}).get(split, []))
-        chosen = [r for r in records if r.id in ids]
-        note = f"the model's {split} split"
-        if not chosen:
-            chosen, note = records, f"all crystals (none is in the model's {split} split)"
-    if not chosen:
-        raise TrainingError("the dataset holds no usable crystal")
-    cache_dir = data_mod._cache_dir(None) / "graphs"
-    good, graphs, bad = graphs_for_records(chosen, config.model.cutoff, cache_dir, log)
-    buckets = graph_mod.make_buckets(graphs, config.data.batch_size, config.data.n_buckets)
-    _, predict_step = make_steps(create_model(config), _identity_tx())
-    pred = predict_irreps(
-        predict_step,
-        params,
-        graphs,
-        buckets,
-        config.data.batch_size,
-        stats,
-        _np_dtype(config),
-        theory_indices(good, config),
-    )
-    out = evaluate_part(pred, good, config)
-    out["evaluated"] = note
-    out["skipped"] = bad
-    if return_arrays:
-        out["ids"] = [r.id for r in good]
-        out["pred_voigt"] = tensors.irreps_to_voigt(pred)
-        out["true_voigt"] = np.stack([r.voigt for r in good])
-    out["model"] = str(bundle)
     return out

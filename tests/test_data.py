@@ -666,6 +666,26 @@ def test_summary_cli_on_tiny_folder(tmp_path, capsys):
     assert "user" in table and "FAILED file cut.json" in table and "split" in table
 
 
+def test_summary_follows_the_config(tmp_path, capsys):
+    # nearest neighbours 6 Å apart: isolated atoms within the presets' 5 Å cutoff
+    wide = crystal("Fm-3m", Lattice.cubic(12.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    f = write_json(tmp_path / "wide.json", [user_entry("wide-1", wide, cubic_voigt())])
+    argv = ["data", "summary", "--data", str(f), "--cache-dir", str(tmp_path / "cache"), "--json"]
+    assert main([*argv, "--set", "model.cutoff=6.5"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["options"]["cutoff"], rep["records"]) == (6.5, 1)
+
+    assert main(argv) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["options"]["cutoff"], rep["records"]) == (5.0, 0)
+    assert rep["sources"]["user"]["dropped_by_reason"] == {"isolated atom": 1}
+    assert (rep["subset"], rep["options"]["max_sites"]) == ("all", 420)  # the default preset
+
+    assert main([*argv, "--config", "tiny", "--max-sites", "7"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["subset"], rep["options"]["max_sites"]) == ("pbe", 7)
+
+
 # --------------------------------------------------------------------------------------------
 # Real data
 # --------------------------------------------------------------------------------------------
@@ -795,7 +815,8 @@ def test_real_split_and_cli(real, capsys):
         for i in ids:
             f = index[i].formula
             assert part.setdefault(f, name) == name, f
-    assert main(["data", "summary", "--data", str(require_data()), "--json"]) == 0
+    argv = ["data", "summary", "--data", str(require_data()), "--max-sites", "200", "--json"]
+    assert main(argv) == 0  # the default preset's settings, with load_dataset's max_sites
     rep = json.loads(capsys.readouterr().out)
     assert rep["sources"] == real.report["sources"]
     assert {"matminer2015", "strainnet", "matten", "zeolites"} <= set(rep["sources"])

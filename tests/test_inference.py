@@ -85,17 +85,81 @@ def test_supercell_file_gives_same_tensor(model_dir, tmp_path):
     assert np.abs(a["voigt_GPa"] - b["voigt_GPa"]).max() < 1e-4 * np.abs(a["voigt_GPa"]).max()
 
 
-def test_symmetrize_imposes_point_group(model_dir):
+def _distorted_rock_salt(strain=1e-3):
+    """Rock salt whose lattice is cubic only within ~1e-3 (lengths and angles perturbed)."""
     from pymatgen.core import Lattice, Structure
 
-    # slightly distorted rock salt: the raw prediction is close to, not exactly, cubic
     s = Structure.from_spacegroup(
         "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
     )
-    [r] = inference.predict([s], model=model_dir, symmetrize=True)
-    v = r["voigt_GPa"]
-    assert v[0, 0] == pytest.approx(v[1, 1], abs=1e-9) == pytest.approx(v[2, 2], abs=1e-9)
-    assert abs(v[0, 3]) < 1e-9
+    m = np.eye(3) + strain * np.array([[0.9, 0.3, -0.2], [0.1, -0.7, 0.4], [-0.3, 0.2, 0.5]])
+    return Structure(Lattice(s.lattice.matrix @ m), s.species, s.frac_coords)
+
+
+def test_symmetrize_imposes_point_group(model_dir):
+    s = _distorted_rock_salt()
+    raw = inference.predict(s, model=model_dir)
+    r = inference.predict(s, model=model_dir, symmetrize=True)
+    assert r.error is None, r.error
+    assert abs(raw.voigt[0, 0] - raw.voigt[1, 1]) > 1e-6  # the raw prediction is not cubic
+    rotations, _ = inference.symmetry(s)
+    assert len(rotations) == 48
+    closure = np.einsum("aij,bjk->abik", rotations, rotations).reshape(-1, 1, 9)
+    assert np.abs(closure - rotations.reshape(1, -1, 9)).min(axis=1).max() < 1e-12  # a group
+    assert tensors.symmetry_residual(r.voigt, rotations) < 1e-12
+    assert tensors.symmetry_residual(raw.voigt, rotations) > 1e-6
+    v = r["voigt_GPa"]  # cubic up to the ~1e-3 distortion of the frame
+    assert v[0, 0] == pytest.approx(v[1, 1], rel=1e-5) == pytest.approx(v[2, 2], rel=1e-5)
+    assert abs(v[0, 3]) < 1e-3 * v[0, 0]
+    assert r["symmetry"]["space_group"] == "Fm-3m" and r["symmetry"]["point_group"] == "m-3m"
+    assert r["symmetry"]["symprec"] == pytest.approx(inference.SYMPREC)
+
+
+def test_symprec_controls_the_group_and_p1_is_reported(model_dir):
+    s = _distorted_rock_salt(2e-2)
+    loose = inference.predict(s, model=model_dir, symmetrize=True, symprec=0.2)
+    tight = inference.predict(s, model=model_dir, symmetrize=True, symprec=1e-4)
+    assert loose.error is None and tight.error is None
+    assert loose.symmetry["point_group"] == "m-3m"
+    assert tight.symmetry["point_group"] in ("1", "-1")
+    assert any(w.startswith("symmetry-p1:") for w in tight.warnings)
+    assert not any(w.startswith("symmetry-p1:") for w in loose.warnings)
+    with pytest.raises(ValueError, match="symprec"):
+        inference.predict(s, model=model_dir, symmetrize=True, symprec=-1.0)
+
+
+def _failing_apply(model, fail_when):
+    """Wrap the model's compiled apply: record input shapes, raise when fail_when(n_real)."""
+    real = model._fn()
+    shapes = []
+
+    def apply(params, inputs):
+        shapes.append(tuple(sorted((k, np.shape(v)) for k, v in inputs.items())))
+        n_real = int(np.sum(np.asarray(inputs["graph_mask"])))
+        message = fail_when(n_real)
+        if message:
+            raise RuntimeError(message)
+        return real(params, inputs)
+
+    model._predict = apply
+    return shapes
+
+
+def test_failed_batch_is_retried_without_recompiling(model_dir):
+    model = inference.load_model(model_dir)
+    shapes = _failing_apply(model, lambda n: "RESOURCE_EXHAUSTED: batch" if n > 1 else None)
+    res = inference.predict([quartz_structure()] * 3, model=model)
+    assert [r.ok for r in res] == [True] * 3
+    assert len(shapes) >= 4 and len(set(shapes)) == 1  # the retries reuse the batch's shape
+
+
+def test_failed_batch_keeps_its_first_error(model_dir):
+    model = inference.load_model(model_dir)
+    _failing_apply(model, lambda n: "RESOURCE_EXHAUSTED: first failure" if n > 1 else "single")
+    res = inference.predict([quartz_structure()] * 2, model=model)
+    for r in res:
+        assert not r.ok
+        assert "RESOURCE_EXHAUSTED: first failure" in r.error and "single" in r.error
 
 
 def test_ensemble_gives_standard_deviations(ensemble_dir):
@@ -190,3 +254,249 @@ def test_one_input_gives_one_prediction_object(model_dir, tmp_path):
     assert [p.ok for p in folder] == [p.ok for p in globbed] == [True, True]
     listed = inference.predict([s, Structure.from_file(str(tmp_path / "q.cif"))], model=model_dir)
     assert isinstance(listed, list) and len(listed) == 2
+
+
+def _predict_cli(*args):
+    return cli.main(["predict", *map(str, args)])
+
+
+def test_out_extension_picks_the_format_and_json_has_provenance(model_dir, tmp_path):
+    quartz_structure().to(filename=str(tmp_path / "quartz.cif"))
+    out = tmp_path / "pred.json"
+    assert _predict_cli(tmp_path / "quartz.cif", "--model", model_dir, "--out", out) == 0
+    [row] = json.loads(out.read_text())  # JSON without --format
+    assert row["model"]["name"] == str(model_dir) and row["model"]["version"]
+    assert row["theory"] == "PBE" and row["warnings"] == []
+    assert np.allclose(row["lattice_A"], quartz_structure().lattice.matrix)
+    assert row["symmetry"]["space_group"] in ("P3_121", "P3_221")
+    assert row["symmetry"]["point_group"] == "32" and row["symmetry"]["symmetrized"] is False
+    csv_out = tmp_path / "pred.csv"
+    assert _predict_cli(tmp_path / "quartz.cif", "--model", model_dir, "--out", csv_out) == 0
+    header = csv_out.read_text().splitlines()[0].split(",")
+    assert header[:2] == ["file", "formula"] and "space_group" in header and "C11" in header
+    txt = tmp_path / "pred.txt"
+    assert _predict_cli(tmp_path / "quartz.cif", "--model", model_dir, "--out", txt) == 0
+    assert "Voigt stiffness" in txt.read_text()
+
+
+def test_unusable_out_path_fails_before_predicting(model_dir, tmp_path, capsys, monkeypatch):
+    quartz_structure().to(filename=str(tmp_path / "quartz.cif"))
+
+    def never(*a, **k):
+        raise AssertionError("predicted although the output path is unusable")
+
+    monkeypatch.setattr(inference, "predict", never)
+    for out in (tmp_path / "missing" / "dir" / "x.json", tmp_path):
+        rc = _predict_cli(tmp_path / "quartz.cif", "--model", model_dir, "--out", out)
+        err = capsys.readouterr().err
+        assert rc == 2 and "--out" in err and "Traceback" not in err
+    rc = cli.main(["evaluate", "--model", str(model_dir), "--out", str(tmp_path / "no" / "x.json")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_a_clean_exit(model_dir, tmp_path, capsys, monkeypatch):
+    quartz_structure().to(filename=str(tmp_path / "quartz.cif"))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "predict", interrupted)
+    assert _predict_cli(tmp_path / "quartz.cif", "--model", model_dir) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def _piped_to_head(command: str, cwd) -> tuple[int, str]:
+    """Exit status and stderr of ``command | head -c 100`` (the reader leaves after 100
+    bytes)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"set -o pipefail; {sys.executable} -m e3elastic.cli {command}"
+            " | head -c 100 >/dev/null",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return run.returncode, run.stderr
+
+
+def test_closed_pipe_gives_no_traceback(model_dir, tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure(Lattice.cubic(4.2), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    s.to(filename=str(tmp_path / "mgo.cif"))
+    # more output than a pipe buffer holds (64 kB), so the writer meets the closed pipe
+    many = " ".join(["mgo.cif"] * 80)
+    rc, err = _piped_to_head(f"predict {many} --model {model_dir} --format json", tmp_path)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert rc == 141, err  # stopped by the closed pipe, as Unix filters are
+    rc, err = _piped_to_head("tensor --example " + " ".join(["silicon"] * 200), tmp_path)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert rc == 141, err
+
+
+def test_model_repr_is_short(model_dir, ensemble_dir):
+    text = repr(inference.load_model(model_dir))
+    assert text.startswith("Model(") and "parameters=" in text and "members=1" in text
+    assert len(text) < 300
+    assert "members=3" in repr(inference.load_model(ensemble_dir))
+
+
+def _cubic_data_file(path):
+    """Three cubic crystals with textbook-like cubic tensors, in the user JSON format."""
+    from pymatgen.core import Lattice, Structure
+
+    def cubic(c11, c12, c44):
+        v = np.zeros((6, 6))
+        v[:3, :3] = c12
+        v[np.arange(3), np.arange(3)] = c11
+        v[np.arange(3, 6), np.arange(3, 6)] = c44
+        return v.tolist()
+
+    rows = [
+        ("t-nacl", Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        ), cubic(49, 13, 13)),
+        ("t-mgo", Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        ), cubic(297, 95, 156)),
+        ("t-cscl", Structure(
+            Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        ), cubic(36, 9, 8)),
+    ]
+    path.write_text(json.dumps(
+        [{"id": i, "structure": s.as_dict(), "voigt_GPa": v} for i, s, v in rows]
+    ))
+    return path
+
+
+def test_evaluate_takes_names_and_ensembles_and_writes_per_crystal(
+    model_dir, ensemble_dir, tmp_path, capsys
+):
+    data = _cubic_data_file(tmp_path / "cubic.json")
+    out = tmp_path / "eval.json"
+    rc = cli.main(["evaluate", "--model", str(model_dir), "--data", str(data), "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "36 entries" in text  # the MAE definition is named
+    rep = json.loads(out.read_text())
+    assert [c["id"] for c in rep["crystals"]] == ["t-cscl", "t-mgo", "t-nacl"] or sorted(
+        c["id"] for c in rep["crystals"]
+    ) == ["t-cscl", "t-mgo", "t-nacl"]
+    row = rep["crystals"][0]
+    assert np.asarray(row["pred_voigt_GPa"]).shape == (6, 6)
+    err = np.abs(np.asarray(row["pred_voigt_GPa"]) - np.asarray(row["true_voigt_GPa"])).mean()
+    assert row["mae_voigt_GPa"] == pytest.approx(err)
+    maes = [c["mae_voigt_GPa"] for c in rep["crystals"]]
+    assert rep["metrics"]["mae_voigt_GPa"] == pytest.approx(np.mean(maes))
+    csv_out = tmp_path / "eval.csv"
+    rc = cli.main(["evaluate", "--model", str(ensemble_dir), "--data", str(data),
+                   "--out", str(csv_out)])
+    assert rc == 0 and "within 2 sigma" in capsys.readouterr().out
+    lines = csv_out.read_text().strip().splitlines()
+    assert len(lines) == 4 and "K_VRH_std_GPa" in lines[0]
+    assert cli.main(["evaluate", "--model", "default", "--data", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["n"] == 3
+
+
+def test_ensemble_sigma_scale_is_applied(ensemble_dir, tmp_path):
+    import shutil
+
+    scaled = tmp_path / "scaled"
+    shutil.copytree(ensemble_dir, scaled)
+    (scaled / "calibration.json").write_text(
+        json.dumps({"sigma_scale": {"voigt": 2.0, "K_VRH": 3.0, "G_VRH": 4.0}})
+    )
+    raw = inference.predict(quartz_structure(), model=ensemble_dir)
+    cal = inference.predict(quartz_structure(), model=scaled)
+    assert cal.K_VRH_std_GPa == pytest.approx(3.0 * raw.K_VRH_std_GPa)
+    assert cal.G_VRH_std_GPa == pytest.approx(4.0 * raw.G_VRH_std_GPa)
+    assert np.allclose(cal.voigt_std_GPa, 2.0 * raw.voigt_std_GPa)
+    assert np.allclose(cal.voigt, raw.voigt)
+    assert cal.model["sigma_calibrated"] is True and raw.model["sigma_calibrated"] is False
+
+
+def _synthetic_ensemble(seed, n=300, members=5, bias=3.0, sigma=2.0):
+    """Members = truth + a shared error (bias x sigma) + their own spread (sigma), in GPa."""
+    from types import SimpleNamespace
+
+    from e3elastic import evaluation
+
+    rng = np.random.default_rng(seed)
+    base = np.zeros((6, 6))
+    base[:3, :3] = 60.0
+    base[np.arange(6), np.arange(6)] = [200, 200, 200, 80, 80, 80]
+
+    def sym(x):
+        return (x + np.swapaxes(x, -1, -2)) / np.sqrt(2.0)
+
+    true = base + sym(rng.normal(scale=10.0, size=(n, 6, 6)))
+    shared = sym(rng.normal(scale=bias * sigma, size=(n, 6, 6)))
+    own = sym(rng.normal(scale=sigma, size=(members, n, 6, 6)))
+    records = [SimpleNamespace(voigt=t) for t in true]
+    return evaluation.Evaluated(records, true + shared + own, [])
+
+
+def test_sigma_scale_fit_calibrates_an_overconfident_ensemble():
+    from e3elastic import evaluation
+
+    fit_on, check_on = _synthetic_ensemble(0), _synthetic_ensemble(1)
+    scale = evaluation.fit_sigma_scale(fit_on)
+    # the shared error is ~3x the members' spread, and a 5-member spread is itself noisy
+    # (|error| / sigma follows a t distribution with 4 degrees of freedom: 2.78 / 1.96 = 1.42)
+    assert 3.0 * 1.2 < scale["voigt"] < 3.0 * 1.7
+    raw = evaluation.coverage(check_on)
+    cal = evaluation.coverage(check_on, scale)
+    for q in evaluation.SIGMA_QUANTITIES:
+        assert raw[q]["within_2_sigma"] < 0.7  # over-confident before
+        assert 0.90 <= cal[q]["within_2_sigma"] <= 0.98, (q, cal[q])
+
+
+def test_parameter_shapes_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path))
+    monkeypatch.setattr(ckpt, "_SHAPES", {})
+    cfg = C.tiny()
+    traced = ckpt._traced_param_shapes(cfg)
+    assert ckpt.expected_param_shapes(cfg) == traced
+    [cached] = list((tmp_path / "shapes").glob("*.json"))
+
+    def no_trace(config):
+        raise AssertionError("traced although the shapes are cached")
+
+    monkeypatch.setattr(ckpt, "_SHAPES", {})
+    monkeypatch.setattr(ckpt, "_traced_param_shapes", no_trace)
+    assert ckpt.expected_param_shapes(cfg) == traced  # read back from disk
+    other = C.tiny().override(["model.n_layers=3"])
+    with pytest.raises(AssertionError, match="traced"):  # another architecture: another key
+        ckpt.expected_param_shapes(other)
+    cached.write_text("{not json")
+    monkeypatch.setattr(ckpt, "_SHAPES", {})
+    monkeypatch.setattr(ckpt, "_traced_param_shapes", lambda config: traced)
+    assert ckpt.expected_param_shapes(cfg) == traced  # a damaged cache is rebuilt
+    assert json.loads(cached.read_text())
+
+
+def test_a_later_process_reuses_the_stored_program(model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("flatbuffers")
+    from e3elastic.model import ElasticityNet
+
+    monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path))
+    first = inference.predict(quartz_structure(), model=inference.load_model(model_dir))
+    assert list((tmp_path / "exported").glob("*.bin"))
+
+    def no_trace(self, *a, **k):
+        raise AssertionError("the network was traced again")
+
+    monkeypatch.setattr(ElasticityNet, "__call__", no_trace)
+    again = inference.predict(quartz_structure(), model=inference.load_model(model_dir))
+    assert again.ok and np.array_equal(again.voigt, first.voigt)
+    for f in (tmp_path / "exported").glob("*.bin"):
+        f.write_bytes(b"damaged")
+    rebuilt = inference.predict(quartz_structure(), model=inference.load_model(model_dir))
+    assert "traced again" in rebuilt.error  # a damaged program is not used: traced anew

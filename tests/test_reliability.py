@@ -868,10 +868,10 @@ def test_a_model_failure_on_one_structure_spares_the_others(tiny_model, monkeypa
     """E.g. out of memory on one huge structure: the batch is retried one by one."""
     real = type(tiny_model).predict_irreps
 
-    def predict_irreps(self, graphs, batch_size=8, theory=0):
+    def predict_irreps(self, graphs, batch_size=8, theory=0, buckets=None):
         if any(g.n_node == 4 for g in graphs):
             raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
-        return real(self, graphs, batch_size, theory)
+        return real(self, graphs, batch_size, theory, buckets)
 
     monkeypatch.setattr(type(tiny_model), "predict_irreps", predict_irreps)
     big = _rocksalt("Na", "Cl", 5.64) * (2, 1, 1)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,6 +18,7 @@ from e3elastic import checkpoint as ckpt  # noqa: E402
 from e3elastic import config as C  # noqa: E402
 from e3elastic import data, runtime, tensors, train  # noqa: E402
 from e3elastic import graph as G  # noqa: E402
+from e3elastic.cli import main  # noqa: E402
 from e3elastic.model import batch_inputs  # noqa: E402
 
 runtime.enable_compilation_cache()
@@ -54,7 +59,7 @@ def _rocksalt(a_el, b_el, a):
     ).get_primitive_structure()
 
 
-def _user_file(path):
+def _user_file(path, prefix="test:"):
     """A user-format dataset: rock-salt crystals with a cubic tensor that falls with a^-4."""
     rows = []
     for a_el, b_el, a in ROCKSALT:
@@ -62,7 +67,7 @@ def _user_file(path):
         scale = (5.0 / a) ** 4
         rows.append(
             {
-                "id": f"test:{a_el}{b_el}",
+                "id": f"{prefix}{a_el}{b_el}",
                 "structure": s.as_dict(),
                 "voigt_GPa": _cubic_voigt(120 * scale, 40 * scale, 30 * scale).tolist(),
             }
@@ -76,6 +81,28 @@ def small_dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("small")
     f = _user_file(tmp / "rocksalt.json")
     return data.load_dataset(f, subset="all", cache_dir=tmp / "cache")
+
+
+@pytest.fixture(scope="module")
+def val_dataset(tmp_path_factory):
+    """Like ``small_dataset``, with ids that put 2 crystals in the validation split."""
+    tmp = tmp_path_factory.mktemp("val")
+    f = _user_file(tmp / "rocksalt.json", prefix="rs:")
+    ds = data.load_dataset(f, subset="all", cache_dir=tmp / "cache")
+    assert [len(ds.split[p]) for p in ("train", "val", "test")] == [13, 2, 1]
+    return ds
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after(epoch):
+    def log(msg):
+        if msg.startswith(f"epoch {epoch}:"):
+            raise Stop
+
+    return log
 
 
 def _config(**train_kw):
@@ -131,16 +158,8 @@ def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path
 
     # interrupted after epoch 1 (its checkpoint is written), then resumed
     part = tmp_path / "part"
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_1(msg):
-        if msg.startswith("epoch 1:"):
-            raise Stop
-
     with pytest.raises(Stop):
-        train.train_and_evaluate(cfg, part, prepared=prep, log=stop_after_epoch_1, progress=False)
+        train.train_and_evaluate(cfg, part, prepared=prep, log=_stop_after(1), progress=False)
     assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
     train.train_and_evaluate(cfg, part, prepared=prep, resume=True, progress=False)
 
@@ -221,3 +240,167 @@ def test_an_epoch_compiles_at_most_one_program_per_bucket(tmp_path):
     for t in timing:
         assert 1 <= t["n_shapes"] <= len(prep.buckets)
         assert 1 <= t["n_compiled"] <= len(prep.buckets)
+
+
+def _epochs(workdir):
+    return [json.loads(x)["epoch"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resumed_run_stops_early_at_the_epoch_of_an_uninterrupted_run(val_dataset, tmp_path):
+    # With a zero learning rate the first evaluation (epoch 1) stays the best one, so with
+    # eval_every=2 and patience=3 training stops at the first evaluation at least 3 epochs
+    # later: epoch 5.
+    cfg = _config(epochs=10, learning_rate=0.0, eval_every=2, patience=3)
+    prep = train.prepare_data(cfg, dataset=val_dataset)
+    full = tmp_path / "full"
+    out = train.train_and_evaluate(cfg, full, prepared=prep, progress=False)
+    assert _epochs(full) == [0, 1, 2, 3, 4, 5]
+    assert out["best_epoch"] == 1
+
+    part = tmp_path / "part"
+    with pytest.raises(Stop):
+        train.train_and_evaluate(cfg, part, prepared=prep, log=_stop_after(2), progress=False)
+    assert not (part / ".lock").exists()
+    resumed = train.train_and_evaluate(cfg, part, prepared=prep, resume=True, progress=False)
+    assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    assert resumed["best_epoch"] == out["best_epoch"]
+
+
+def test_unwritable_graph_cache_warns_and_training_goes_on(
+    small_dataset, tmp_path, monkeypatch, capsys
+):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("E3ELASTIC_CACHE", str(not_a_folder / "cache"))
+    cfg = _config(epochs=1)
+    prep = train.prepare_data(cfg, dataset=small_dataset)
+    out = train.train_and_evaluate(cfg, tmp_path / "run", prepared=prep, progress=False)
+    assert out["test"]["n"] == len(prep.records["test"])
+    err = capsys.readouterr().err
+    assert "warning: cannot write graph cache" in err and str(not_a_folder) in err
+
+
+@pytest.mark.parametrize(
+    "assignment, expected, shown",
+    [
+        ("model.cutoff=abc", "a number", "'abc'"),
+        ("model.cutoff=null", "a number", "None"),
+        ("train.epochs=2.5", "an integer", "2.5"),
+        ("train.epochs=true", "an integer", "True"),
+        ("model.even_last_layer=1", "true or false", "1"),
+        ('model.radial_hidden=[16, "x"]', "a list of integers", "[16, 'x']"),
+        ("model.radial_hidden=16", "a list of integers", "16"),
+        ("data.data=5", "a string or null", "5"),
+        ("model.hidden_irreps=3", "a string", "3"),
+    ],
+)
+def test_override_refuses_values_of_the_wrong_type(assignment, expected, shown):
+    key = assignment.partition("=")[0]
+    with pytest.raises(ValueError) as err:
+        C.tiny().override([assignment])
+    assert str(err.value) == f"{key} expects {expected}, got {shown}"
+
+
+def test_override_accepts_values_of_the_right_type():
+    cfg = C.tiny().override(
+        [
+            "model.cutoff=6",
+            "model.radial_hidden=[8, 8]",
+            "model.even_last_layer=false",
+            "train.dtype=float64",
+            "train.max_minutes=1.5",
+            "data.data=/some/file.json",
+        ]
+    )
+    assert cfg.model.cutoff == 6.0 and isinstance(cfg.model.cutoff, float)
+    assert cfg.model.radial_hidden == (8, 8) and cfg.model.even_last_layer is False
+    assert (cfg.train.dtype, cfg.train.max_minutes) == ("float64", 1.5)
+    assert cfg.data.data == "/some/file.json"
+    assert cfg.override(["data.data=null"]).data.data is None
+    assert C.Config.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match=r"model\.head"):
+        cfg.override(["model.head=cubic"])
+
+
+def test_resume_with_changed_options_is_refused(small_dataset, tmp_path, capsys):
+    cfg = _config(epochs=1)
+    prep = train.prepare_data(cfg, dataset=small_dataset)
+    w = tmp_path / "run"
+    train.train_and_evaluate(cfg, w, prepared=prep, progress=False)
+
+    changed = cfg.override(["train.epochs=2", "model.cutoff=6.0"])
+    with pytest.raises(train.TrainingError) as err:
+        train.train_and_evaluate(changed, w, prepared=prep, resume=True, progress=False)
+    msg = str(err.value)
+    assert "train.epochs 1 -> 2" in msg and "model.cutoff 5.0 -> 6.0" in msg, msg
+    assert "--workdir" in msg
+
+    capsys.readouterr()
+    argv = ["train", "--config", "tiny", "--workdir", str(w), "--resume", "--epochs", "2"]
+    assert main([*argv, "--set", "data.batch_size=4", "--set", "data.n_buckets=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train.epochs 1 -> 2" in err
+    assert "model.cutoff" not in err and "Traceback" not in err
+
+    msgs: list[str] = []
+    train.train_and_evaluate(cfg, w, prepared=prep, resume=True, log=msgs.append, progress=False)
+    assert any(m.startswith("resumed from step 0") for m in msgs), msgs
+
+
+def test_empty_training_split_names_the_filter_that_emptied_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path / "cache"))
+    rows = json.loads(_user_file(tmp_path / "rocksalt.json").read_text())[:6]
+    f = tmp_path / "b3lyp.json"
+    f.write_text(json.dumps([r | {"theory": "B3LYP-D2"} for r in rows]))
+    cfg = C.tiny().override([f"data.data={json.dumps(str(f))}"])
+    assert cfg.data.subset == "pbe"
+    with pytest.raises(train.TrainingError, match="training split is empty") as err:
+        train.prepare_data(cfg)
+    msg = str(err.value)
+    assert "6 entries read" in msg, msg
+    assert "data.subset 'pbe' removed 6 (B3LYP-D2 6)" in msg and "--subset all" in msg, msg
+
+    with pytest.raises(train.TrainingError) as err:
+        train.prepare_data(cfg.override(['data.subset="all"', "data.max_sites=1"]))
+    msg = str(err.value)
+    assert "6 entries read" in msg and "subset" not in msg, msg
+    assert "6 dropped as 'too many sites'" in msg and "data.max_sites" in msg, msg
+
+
+def test_a_live_lock_refuses_a_second_trainer(small_dataset, tmp_path, capsys):
+    w = tmp_path / "run"
+    w.mkdir()
+    lock = w / ".lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    cfg = _config(epochs=1)
+    prep = train.prepare_data(cfg, dataset=small_dataset)
+    with pytest.raises(train.TrainingError, match=f"in use by process {os.getpid()}"):
+        train.train_and_evaluate(cfg, w, prepared=prep, progress=False)
+    capsys.readouterr()
+    assert main(["train", "--config", "tiny", "--workdir", str(w), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(os.getpid()) in err and "Traceback" not in err
+    assert json.loads(lock.read_text())["pid"] == os.getpid()  # left to its owner
+    assert not (w / "config.json").exists()
+
+
+def test_a_stale_lock_is_taken_over(small_dataset, tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    w = tmp_path / "run"
+    w.mkdir()
+    (w / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    cfg = _config(epochs=1)
+    prep = train.prepare_data(cfg, dataset=small_dataset)
+    msgs: list[str] = []
+    holders: list[int] = []
+
+    def log(msg):
+        msgs.append(msg)
+        if msg.startswith("epoch 0:"):
+            holders.append(json.loads((w / ".lock").read_text())["pid"])
+
+    train.train_and_evaluate(cfg, w, prepared=prep, resume=True, log=log, progress=False)
+    assert any("stale lock" in m and str(gone.pid) in m for m in msgs), msgs
+    assert holders == [os.getpid()]
+    assert not (w / ".lock").exists()

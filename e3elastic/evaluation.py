@@ -1,0 +1,265 @@
+"""Evaluate a trained model (shipped name, bundle, run folder or ensemble) on a dataset.
+
+>>> from e3elastic import evaluation
+>>> m = evaluation.evaluate("default", split="test")            # doctest: +SKIP
+>>> m["metrics"]["rel_frobenius"], len(m["crystals"])            # doctest: +SKIP
+
+The metrics are those of :mod:`e3elastic.metrics`; ``mae_voigt_GPa`` is the mean absolute
+error over all 36 entries of the 6x6 Voigt matrix (:data:`MAE_DEFINITION`), the one definition
+used by ``evaluate``, training logs and the parity plot. An ensemble is scored on its mean
+tensor; its per-crystal standard deviations (calibrated when the ensemble folder has a
+``calibration.json``, see :func:`fit_sigma_scale`) are reported alongside.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import data as data_mod
+from . import metrics, tensors
+from .inference import Model, PredictError, load_model
+
+__all__ = [
+    "MAE_DEFINITION",
+    "Evaluated",
+    "coverage",
+    "evaluate",
+    "fit_sigma_scale",
+    "predict_records",
+]
+
+MAE_DEFINITION = "MAE Voigt: mean |C_pred - C| over the 36 entries of the 6x6 Voigt matrix (GPa)"
+
+#: Quantities whose ensemble spread is calibrated: the non-zero Voigt components, K_VRH, G_VRH.
+SIGMA_QUANTITIES = ("voigt", "K_VRH", "G_VRH")
+
+
+class EvaluationError(ValueError):
+    """A model or dataset cannot be evaluated; the message says why."""
+
+
+@dataclass
+class Evaluated:
+    """Predictions of every member for the records of a dataset."""
+
+    records: list[Any]
+    member_voigt: np.ndarray  # (M, n, 6, 6)
+    skipped: list[str]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.member_voigt.mean(axis=0)
+
+    @property
+    def true(self) -> np.ndarray:
+        return np.stack([r.voigt for r in self.records])
+
+    def spread(self) -> dict[str, np.ndarray]:
+        """Uncalibrated standard deviations over members (zeros for one member)."""
+        v = self.member_voigt
+        if len(v) < 2:
+            z = np.zeros(v.shape[1])
+            return {"voigt": np.zeros(v.shape[1:]), "K_VRH": z, "G_VRH": z}
+        return {
+            "voigt": v.std(axis=0, ddof=1),
+            "K_VRH": tensors.bulk_modulus(v)["hill"].std(axis=0, ddof=1),
+            "G_VRH": tensors.shear_modulus(v)["hill"].std(axis=0, ddof=1),
+        }
+
+
+def load_records(model: Model, data=None, split: str = "test") -> tuple[list[Any], str]:
+    """The records of ``data`` (default: the model's training data folder) to evaluate on:
+    those of the model's own ``split`` part, or all of them (``split="all"``, or a dataset that
+    shares no crystal with that part)."""
+    dc = model.config.data
+    dataset = data_mod.load_dataset(
+        data if data is not None else dc.data,
+        subset="all",
+        tolerance=dc.tolerance,
+        keep_unstable=dc.keep_unstable,
+        max_sites=dc.max_sites,
+        cutoff=model.config.model.cutoff,
+        seed=dc.seed,
+        holdout=dc.holdout,
+    )
+    records = list(dataset.records)
+    if split == "all":
+        chosen, note = records, "all crystals"
+    else:
+        ids = set((model.info.get("split") or {}).get(split, []))
+        chosen, note = [r for r in records if r.id in ids], f"the model's {split} split"
+        if not chosen:
+            chosen, note = records, f"all crystals (none is in the model's {split} split)"
+    if not chosen:
+        raise EvaluationError("the dataset holds no usable crystal")
+    return chosen, note
+
+
+def predict_records(model: Model, records, batch_size: int = 8, log=None) -> Evaluated:
+    """Every member's Voigt tensors for records (each at its own level of theory)."""
+    from .config import theory_index
+    from .train import graphs_for_records
+
+    cache = data_mod._cache_dir(None) / "graphs"
+    kwargs = {} if log is None else {"log": log}
+    good, graphs, bad = graphs_for_records(records, model.config.model.cutoff, cache, **kwargs)
+    if model.config.model.n_theories:
+        try:
+            theory = np.array([theory_index(r.theory) for r in good], np.int32)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from None
+        if np.any(theory >= model.config.model.n_theories):
+            raise EvaluationError("the dataset has a level of theory the model was not trained on")
+    else:
+        theory = np.zeros(len(good), np.int32)
+    irreps = model.predict_irreps(graphs, batch_size, theory)  # (M, n, 21)
+    return Evaluated(list(good), model.voigt(irreps), [str(b) for b in bad])
+
+
+def _scalar(x: Any) -> float:
+    return float(x) if x is not None and np.isfinite(x) else float("nan")
+
+
+def coverage(ev: Evaluated, scale: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Share of errors (ensemble mean vs reference) within 1 and 2 (scaled) standard
+    deviations, per quantity. Voigt components that are zero by symmetry are left out."""
+    if ev.member_voigt.shape[0] < 2:
+        raise EvaluationError("coverage needs an ensemble (two or more members)")
+    scale = scale or {}
+    iu = np.triu_indices(6)
+    true, mean, spread = ev.true, ev.mean, ev.spread()
+    nonzero = np.abs(true[:, iu[0], iu[1]]) > 1e-6
+    errors = {
+        "voigt": np.abs(mean - true)[:, iu[0], iu[1]][nonzero],
+        "K_VRH": np.abs(tensors.bulk_modulus(mean)["hill"] - tensors.bulk_modulus(true)["hill"]),
+        "G_VRH": np.abs(
+            tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"]
+        ),
+    }
+    sigmas = {
+        "voigt": spread["voigt"][:, iu[0], iu[1]][nonzero],
+        "K_VRH": spread["K_VRH"],
+        "G_VRH": spread["G_VRH"],
+    }
+    out = {}
+    for q in SIGMA_QUANTITIES:
+        e, s = errors[q], sigmas[q] * scale.get(q, 1.0)
+        out[q] = {
+            "n": int(e.size),
+            "within_1_sigma": float(np.mean(e <= s)),
+            "within_2_sigma": float(np.mean(e <= 2 * s)),
+            "mean_abs_error_GPa": float(e.mean()),
+            "mean_sigma_GPa": float(s.mean()),
+        }
+    return out
+
+
+def fit_sigma_scale(ev: Evaluated, target: float = 0.95) -> dict[str, float]:
+    """Per-quantity factor for the ensemble's standard deviation, fitted on ``ev`` (use the
+    validation split): the ``target`` quantile of |error| / sigma, divided by the Gaussian
+    z-value of that quantile (1.96 for 0.95). A calibrated Gaussian needs a factor of 1; an
+    over-confident ensemble gets a factor above 1."""
+    from statistics import NormalDist
+
+    if ev.member_voigt.shape[0] < 2:
+        raise EvaluationError("a sigma scale needs an ensemble (two or more members)")
+    z = NormalDist().inv_cdf(0.5 + target / 2)
+    iu = np.triu_indices(6)
+    true, mean, spread = ev.true, ev.mean, ev.spread()
+    nonzero = np.abs(true[:, iu[0], iu[1]]) > 1e-6
+    ratios = {
+        "voigt": (np.abs(mean - true)[:, iu[0], iu[1]] / spread["voigt"][:, iu[0], iu[1]])[
+            nonzero
+        ],
+        "K_VRH": np.abs(tensors.bulk_modulus(mean)["hill"] - tensors.bulk_modulus(true)["hill"])
+        / spread["K_VRH"],
+        "G_VRH": np.abs(
+            tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"]
+        )
+        / spread["G_VRH"],
+    }
+    return {q: float(np.quantile(r[np.isfinite(r)], target) / z) for q, r in ratios.items()}
+
+
+def crystal_rows(ev: Evaluated, scale: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """One row per crystal: ids, labels, reference and predicted moduli, errors, tensors."""
+    errs = metrics.per_crystal_errors(ev.mean, ev.true)
+    spread = ev.spread() if ev.member_voigt.shape[0] > 1 else None
+    scale = scale or {}
+    rows = []
+    for i, r in enumerate(ev.records):
+        row = {
+            "id": r.id,
+            "formula": r.formula,
+            "source": r.source,
+            "theory": r.theory,
+            "crystal_system": r.crystal_system,
+            "rel_frobenius": float(errs["rel_frobenius"][i]),
+            "mae_voigt_GPa": float(errs["abs_voigt"][i]),
+            "K_VRH_true_GPa": _scalar(errs["K_true"][i]),
+            "K_VRH_pred_GPa": _scalar(errs["K_pred"][i]),
+            "G_VRH_true_GPa": _scalar(errs["G_true"][i]),
+            "G_VRH_pred_GPa": _scalar(errs["G_pred"][i]),
+            "positive_definite": bool(errs["pd_pred"][i]),
+            "true_voigt_GPa": ev.true[i].tolist(),
+            "pred_voigt_GPa": ev.mean[i].tolist(),
+        }
+        if spread is not None:
+            row["K_VRH_std_GPa"] = float(spread["K_VRH"][i] * scale.get("K_VRH", 1.0))
+            row["G_VRH_std_GPa"] = float(spread["G_VRH"][i] * scale.get("G_VRH", 1.0))
+            row["voigt_std_GPa"] = (spread["voigt"][i] * scale.get("voigt", 1.0)).tolist()
+        rows.append(row)
+    return rows
+
+
+def evaluate(
+    model: Model | str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 8,
+    log=None,
+) -> dict[str, Any]:
+    """Metrics and per-crystal predictions of a model on a dataset.
+
+    Returns ``{"model", "model_version", "evaluated", "mae_definition", "metrics",
+    "coverage" (ensembles), "skipped", "crystals", "arrays"}``; ``arrays`` holds ``ids``,
+    ``pred_voigt`` and ``true_voigt`` as numpy arrays (left out of JSON output).
+    """
+    if not isinstance(model, Model):
+        try:
+            model = load_model(model)
+        except PredictError as e:
+            raise EvaluationError(str(e)) from None
+    records, note = load_records(model, data, split)
+    ev = predict_records(model, records, batch_size, log)
+    m = metrics.tensor_metrics(
+        ev.mean,
+        ev.true,
+        [r.crystal_system or "unknown" for r in ev.records],
+        {g: [getattr(r, g) for r in ev.records] for g in ("theory", "source")},
+    )
+    scale = model.sigma_scale
+    out: dict[str, Any] = {
+        "model": model.name,
+        "model_version": model.version,
+        "members": model.n_members,
+        "evaluated": note,
+        "mae_definition": MAE_DEFINITION,
+        "metrics": m,
+        "skipped": ev.skipped,
+        "crystals": crystal_rows(ev, scale),
+        "arrays": {
+            "ids": [r.id for r in ev.records],
+            "pred_voigt": ev.mean,
+            "true_voigt": ev.true,
+        },
+    }
+    if model.n_members > 1:
+        out["coverage"] = coverage(ev, scale)
+        out["sigma_scale"] = scale
+    return out
