@@ -500,3 +500,9 @@ def test_a_later_process_reuses_the_stored_program(model_dir, tmp_path, monkeypa
         f.write_bytes(b"damaged")
     rebuilt = inference.predict(quartz_structure(), model=inference.load_model(model_dir))
     assert "traced again" in rebuilt.error  # a damaged program is not used: traced anew
+
+
+def test_doctor_reports_devices_training_and_prediction(model_dir, capsys):
+    assert cli.main(["doctor", "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "device 0: cpu" in out and "crystals/s" in out and "all predicted: True" in out
