@@ -76,9 +76,7 @@ def test_unseen_crystals_are_absent_from_the_data():
         "TiN",
         "PbS",
         "Au",
-        # known weakness of the shipped model: K(1.00) > K(0.97) for rutile MgF2 (74, 76,
-        # 69 GPa); strict, so this starts failing once a retrained model gets it right
-        pytest.param("MgF2", marks=pytest.mark.xfail(strict=True, reason="not monotonic yet")),
+        "MgF2",
     ],
 )
 def test_bulk_modulus_falls_with_volume(model, name):
