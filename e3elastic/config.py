@@ -30,6 +30,7 @@ __all__ = [
     "large",
     "THEORIES",
     "HEADS",
+    "LOOPS",
     "preset",
     "theory_index",
     "tiny",
@@ -39,6 +40,8 @@ __all__ = [
 THEORIES = ("PBE", "B3LYP-D2")
 #: Output heads of the network (see :class:`ModelConfig`).
 HEADS = ("linear", "log")
+#: Training loops (see :class:`TrainConfig`).
+LOOPS = ("scan", "python")
 
 
 def theory_index(name: str) -> int:
@@ -178,6 +181,12 @@ class TrainConfig:
     cutoff fade out through the envelope), and its target becomes ``C (V0/V)^volume_exponent``
     with ``V/V0 = s^3``: Murnaghan's law ``K(V) = K0 (V0/V)^K'`` with ``K' = volume_exponent``,
     applied to every component.
+
+    ``loop`` is how the steps of an epoch run: ``scan`` (each bucket's padded batches are put on
+    the device once, and each epoch runs a bucket's steps in one ``jax.lax.scan``, bringing
+    losses back once per bucket) or ``python`` (one jitted step per batch fed from the host,
+    the loss read after each step; for debugging). Both take the same steps in the same order
+    and give the same metrics within float round-off.
     """
 
     seed: int = 0
@@ -197,6 +206,11 @@ class TrainConfig:
     volume_strain: float = 0.0
     volume_fraction: float = 0.5
     volume_exponent: float = 4.0
+    loop: str = "scan"
+
+    def __post_init__(self) -> None:
+        if self.loop not in LOOPS:
+            raise ValueError(f"train.loop must be one of {LOOPS}, got {self.loop!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,14 @@
 3. train with optax Adam(W), linear warm-up then cosine decay, gradient clipping, jitted
    train/eval steps over the bucketed shapes; with ``train.volume_strain`` > 0 part of every
    batch is isotropically scaled and its target follows Murnaghan's law
-   (:func:`volume_augmentation`);
+   (:func:`volume_augmentation`). The training crystals are packed into padded batches once
+   per run (:func:`plan_steps`); each epoch runs the buckets in a shuffled order and, within a
+   bucket, its steps in a shuffled order (:func:`epoch_order`). With ``train.loop = "scan"``
+   (the default) each bucket's batches are put on the device once and an epoch runs a
+   bucket's steps in one ``jax.lax.scan`` (:func:`make_scan`), bringing losses back to the
+   host once per bucket; ``"python"`` runs one jitted step per batch fed from the host and
+   reads the loss after each (for debugging). Both take the same steps and agree within
+   float round-off;
 4. after each epoch evaluate on the validation split, append one line to ``metrics.jsonl``
    (deterministic content only; wall times go to ``timing.jsonl``), save an orbax checkpoint,
    and export the inference bundle ``best/`` when validation error improves;
@@ -22,6 +29,13 @@
 
 ``resume=True`` continues from the latest readable checkpoint; epochs are shuffled with a seed
 derived from (seed, epoch), so a resumed run follows the same path as an uninterrupted one.
+
+A non-finite loss stops training with :class:`TrainingError` naming the crystals whose loss
+was not finite, and nothing of that epoch is saved. The python loop stops at the bad step
+itself. The scan loop finds out only when the bucket's results come back, by which time the
+weights in memory have been updated past the bad step: they are dropped, never saved or
+exported, and the last good checkpoint on disk stays as it was; fix the data and resume from
+it (``--resume``), or rerun with ``train.loop=python`` to stop at the step.
 """
 
 from __future__ import annotations
@@ -285,16 +299,8 @@ def volume_augmentation(config: Config, stats: dict[str, np.ndarray]):
     return augment
 
 
-def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
-    """Jitted ``train_step(params, opt_state, inputs, targets, step)`` and ``predict_step``.
-
-    With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
-    ``n_sub`` padded sub-batches (one per device when sharded, see :class:`DataParallel`);
-    the loss is the mean over every real crystal of all sub-batches, so the result does not
-    depend on how the sub-batches are spread over devices. ``augment`` (see
-    :func:`volume_augmentation`) is applied with a key derived from ``(seed, step)``, so a
-    resumed run draws the same scalings as an uninterrupted one; ``step`` is unused without it.
-    """
+def _step_function(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
+    """The un-jitted ``step(params, opt_state, inputs, targets, step)`` of :func:`make_steps`."""
     jax = _jax()
     import jax.numpy as jnp
     import optax
@@ -317,8 +323,7 @@ def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
         loss = jnp.sum(per_graph * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         return loss, per_graph
 
-    @jax.jit
-    def train_step(params, opt_state, inputs, targets, step=None):
+    def step_fn(params, opt_state, inputs, targets, step=None):
         (loss, per_graph), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, inputs, targets, step
         )
@@ -326,11 +331,65 @@ def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
         params = optax.apply_updates(params, updates)
         return params, opt_state, loss, per_graph
 
+    return step_fn
+
+
+def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
+    """Jitted ``train_step(params, opt_state, inputs, targets, step)`` and ``predict_step``.
+
+    With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
+    ``n_sub`` padded sub-batches (one per device when sharded, see :class:`DataParallel`);
+    the loss is the mean over every real crystal of all sub-batches, so the result does not
+    depend on how the sub-batches are spread over devices. ``augment`` (see
+    :func:`volume_augmentation`) is applied with a key derived from ``(seed, step)``, so a
+    resumed run draws the same scalings as an uninterrupted one; ``step`` is unused without it.
+    """
+    jax = _jax()
+    train_step = jax.jit(_step_function(net, tx, n_sub, augment, seed))
+
     @jax.jit
     def predict_step(params, inputs):
         return net.apply(params, inputs)
 
     return train_step, predict_step
+
+
+def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None):
+    """Jitted ``run(params, opt_state, inputs, targets, order, steps)``: several train steps of
+    one bucket in a single ``jax.lax.scan``.
+
+    ``inputs`` and ``targets`` hold a bucket's steps stacked on a leading axis (as
+    :meth:`DataParallel.shard_steps` places them); step ``i`` of the scan trains on the stacked
+    entry ``order[i]`` with the augmentation key of global step ``steps[i]``, exactly as
+    :func:`make_steps`' ``train_step(params, opt_state, inputs[order[i]], targets[order[i]],
+    steps[i])`` would. Params and optimizer state are donated. Returns ``(params, opt_state,
+    losses, bad)``: ``losses (n,)`` the loss of each step, ``bad (n, [n_sub,] G)`` True where a
+    graph slot's loss was not finite (replicated over ``mesh``, so every process can read it).
+    """
+    jax = _jax()
+    import jax.numpy as jnp
+
+    step_fn = _step_function(net, tx, n_sub, augment, seed)
+
+    def run(params, opt_state, inputs, targets, order, steps):
+        def body(carry, x):
+            j, step = x
+            take = lambda a: jax.lax.dynamic_index_in_dim(a, j, 0, keepdims=False)  # noqa: E731
+            p, o, loss, per_graph = step_fn(
+                *carry, jax.tree.map(take, inputs), take(targets), step
+            )
+            return (p, o), (loss, ~jnp.isfinite(per_graph))
+
+        (params, opt_state), (losses, bad) = jax.lax.scan(
+            body, (params, opt_state), (order, steps)
+        )
+        if mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            bad = jax.lax.with_sharding_constraint(bad, NamedSharding(mesh, PartitionSpec()))
+        return params, opt_state, losses, bad
+
+    return jax.jit(run, donate_argnums=(0, 1))
 
 
 class DataParallel:
@@ -382,6 +441,24 @@ class DataParallel:
             lambda a: jax.make_array_from_process_local_data(sharding, a[lo : lo + per]), tree
         )
 
+    def shard_steps(self, tree):
+        """Place a bucket's stacked steps, ``(n_steps, ...)`` host arrays (``(n_steps, n_sub,
+        ...)`` with ``n_sub > 1``), on the device once: with a mesh the sub-batch axis is split
+        over its devices (``P(None, "data")``), else everything goes to the default device."""
+        jax = _jax()
+        if self.mesh is None:
+            return jax.device_put(tree)
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, "data"))
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+        per = self.n_sub // jax.process_count()
+        lo = jax.process_index() * per
+        return jax.tree.map(
+            lambda a: jax.make_array_from_process_local_data(sharding, a[:, lo : lo + per]), tree
+        )
+
 
 def maybe_initialize_distributed() -> None:
     """``jax.distributed.initialize()`` when ``E3ELASTIC_DISTRIBUTED=1`` (multi-host runs)."""
@@ -391,46 +468,81 @@ def maybe_initialize_distributed() -> None:
             jax.distributed.initialize()
 
 
-def step_groups(batches, graphs, targets, n_sub: int):
-    """Group an epoch's batches ``n_sub`` at a time, re-padded to one shape per group.
+@dataclasses.dataclass
+class Step:
+    """One optimisation step: ``n_sub`` padded batches of one shape, stacked (as
+    :func:`stack_inputs`), in host memory."""
 
-    The last group is filled with all-padding batches. Yields lists of :class:`Batch`.
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray
+    ids: list[tuple[str, ...]]  # the real crystals of each sub-batch, in slot order
+    n_real: int
+
+
+@dataclasses.dataclass
+class BucketSteps:
+    """The steps of one padded shape."""
+
+    bucket: graph_mod.Bucket
+    steps: list[Step]
+
+
+def plan_steps(
+    graphs, targets, *, batch_size, buckets, n_sub: int, seed: int, dtype, theory=None
+) -> list[BucketSteps]:
+    """The training steps of a run, grouped by padded shape; made once, reused every epoch.
+
+    The graphs are packed into padded batches once, in a shuffled order from ``seed``
+    (:func:`e3elastic.graph.batches`: each batch goes to the smallest bucket that fits it), so a
+    crystal keeps its batch-mates for the whole run. Each bucket's batches are grouped
+    ``n_sub`` at a time into steps, the last group filled with all-padding batches. Buckets
+    come sorted by size. :func:`epoch_order` says in which order an epoch runs them.
     """
-    if n_sub == 1:
-        for b in batches:
-            yield [b]
-        return
-    group: list = []
+    by_bucket: dict[tuple, list] = {}
+    for b in graph_mod.batches(
+        graphs, targets, batch_size=batch_size, buckets=buckets, shuffle=True, seed=seed
+    ):
+        by_bucket.setdefault(tuple(b.bucket), []).append(b)
+    tshape = np.asarray(targets).shape[1:]
+    out = []
+    for key in sorted(by_bucket):
+        bucket, bs = graph_mod.Bucket(*key), by_bucket[key]
+        steps = []
+        for i in range(0, len(bs), n_sub):
+            group = bs[i : i + n_sub]
+            while n_sub > 1 and len(group) < n_sub:
+                group.append(graph_mod.pad_batch([], bucket, np.zeros((0, *tshape))))
+            inputs, tgt = stack_inputs(group, dtype, theory)
+            ids = [tuple(g.ids) for g in group]
+            steps.append(Step(inputs, tgt, ids, sum(len(x) for x in ids)))
+        out.append(BucketSteps(bucket, steps))
+    return out
 
-    def flush(group):
-        bucket = max((g.bucket for g in group), key=lambda b: (b.n_node, b.n_edge))
-        out = []
-        for b in group:
-            idx = [int(i) for i in b.graph_index if i >= 0]
-            if tuple(b.bucket) != tuple(bucket):
-                b = graph_mod.pad_batch(
-                    [graphs[i] for i in idx],
-                    bucket,
-                    None if targets is None else targets[idx],
-                    indices=idx,
-                )
-            out.append(b)
-        tshape = () if targets is None else np.asarray(targets).shape[1:]
-        while len(out) < n_sub:
-            out.append(
-                graph_mod.pad_batch(
-                    [], bucket, np.zeros((0, *tshape)) if targets is not None else None
-                )
-            )
-        return out
 
-    for b in batches:
-        group.append(b)
-        if len(group) == n_sub:
-            yield flush(group)
-            group = []
-    if group:
-        yield flush(group)
+def epoch_order(plan: list[BucketSteps], seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
+    """``[(bucket index, step order), ...]``: an epoch's steps, one bucket after another.
+
+    From a generator seeded with :func:`epoch_seed` ``(seed, epoch)``: first a permutation of
+    the buckets, then one permutation of each bucket's steps (drawn in bucket order).
+    """
+    rng = np.random.default_rng(epoch_seed(seed, epoch))
+    buckets = rng.permutation(len(plan))
+    perms = [rng.permutation(len(bs.steps)).astype(np.int32) for bs in plan]
+    return [(int(k), perms[k]) for k in buckets]
+
+
+def _bad_ids(step: Step, bad: np.ndarray) -> list[str]:
+    """Ids of the crystals of ``step`` whose loss is flagged in ``bad`` (``([n_sub,] G)``
+    bool); every crystal of the step when none is flagged (the loss itself overflowed)."""
+    bad = np.asarray(bad).reshape(len(step.ids), -1)
+    return [
+        ids[i] for k, ids in enumerate(step.ids) for i in np.flatnonzero(bad[k, : len(ids)])
+    ] or [i for ids in step.ids for i in ids]
+
+
+def _fetch(tree):
+    """Bring device results to the host: the scan loop's one transfer per bucket."""
+    return _jax().device_get(tree)
 
 
 def stack_inputs(group, dtype, theory=None):
@@ -501,8 +613,8 @@ class Progress:
         self.n = 0
         self.crystals = 0
 
-    def update(self, crystals: int, loss: float) -> None:
-        self.n += 1
+    def update(self, crystals: int, loss: float, steps: int = 1) -> None:
+        self.n += steps
         self.crystals += crystals
         if not self.enabled:
             return
@@ -578,7 +690,7 @@ def train_and_evaluate(
 
 
 #: Settings a resumed run may change: they do not alter what it computes.
-RESUMABLE_CHANGES = ("train.max_minutes",)
+RESUMABLE_CHANGES = ("train.max_minutes", "train.loop")
 
 
 def config_changes(saved: Config, config: Config) -> list[str]:
@@ -676,19 +788,17 @@ def _train(config: Config, workdir: Path, resume: bool, prepared, log, progress)
     targets = {p: (prep.irreps[p] - stats["shift"]) / stats["scale"] for p in prep.irreps}
     train_graphs = prep.graphs["train"]
     dp = DataParallel(tc.data_parallel)
-    steps_per_epoch = -(
-        -sum(
-            1
-            for _ in graph_mod.batches(
-                train_graphs,
-                batch_size=dc.batch_size,
-                buckets=prep.buckets,
-                shuffle=True,
-                seed=epoch_seed(tc.seed, 0),
-            )
-        )
-        // dp.n_sub
+    plan = plan_steps(
+        train_graphs,
+        targets["train"],
+        batch_size=dc.batch_size,
+        buckets=prep.buckets,
+        n_sub=dp.n_sub,
+        seed=epoch_seed(tc.seed, 0),
+        dtype=dtype,
+        theory=prep.theory["train"],
     )
+    steps_per_epoch = sum(len(bs.steps) for bs in plan)
 
     net = create_model(config)
     first = graph_mod.pad_batch(train_graphs[:1], prep.buckets[0])
@@ -696,7 +806,10 @@ def _train(config: Config, workdir: Path, resume: bool, prepared, log, progress)
     tx, schedule = create_optimizer(config, steps_per_epoch)
     opt_state = tx.init(params)
     augment = volume_augmentation(config, stats)
-    train_step, _ = make_steps(net, tx, dp.n_sub, augment=augment, seed=tc.seed)
+    if tc.loop == "scan":
+        train_step = make_scan(net, tx, dp.n_sub, augment=augment, seed=tc.seed, mesh=dp.mesh)
+    else:
+        train_step, _ = make_steps(net, tx, dp.n_sub, augment=augment, seed=tc.seed)
     _, predict_step = make_steps(net, tx)
 
     split_ids = {p: [r.id for r in prep.records[p]] for p in ("train", "val", "test")}
@@ -762,48 +875,72 @@ def _train(config: Config, workdir: Path, resume: bool, prepared, log, progress)
     params, opt_state = dp.replicate((params, opt_state))
     if dp.n_sub > 1:
         log(f"data parallel: {dp.n_sub} sub-batches per step on {dp.n_devices} device(s)")
+    if tc.loop == "scan":
+        # each bucket's steps go to the device once, for the whole run
+        on_device = [
+            dp.shard_steps(
+                (
+                    {k: np.stack([st.inputs[k] for st in bs.steps]) for k in bs.steps[0].inputs},
+                    np.stack([st.targets for st in bs.steps]),
+                )
+            )
+            for bs in plan
+        ]
+
+    def non_finite(epoch: int, step: Step, bad) -> TrainingError:
+        ids = _bad_ids(step, bad)
+        where = f"non-finite loss at epoch {epoch} in a batch with {', '.join(ids[:5])}"
+        where += " ..." if len(ids) > 5 else ""
+        if tc.loop == "python":
+            return TrainingError(
+                f"{where}; stopped without saving this step "
+                f"(the last good checkpoint in {ckpts.directory} is intact)"
+            )
+        return TrainingError(
+            f"{where}; stopped without saving: the weights in memory had already gone on past "
+            f"that step on the device and are dropped. The last good checkpoint in "
+            f"{ckpts.directory} is intact; resume from it with --resume once the data is fixed "
+            "(train.loop=python stops at the step itself)"
+        )
+
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
-        shapes, losses, n_seen = set(), [], 0
+        losses, n_seen = [], 0
         bar = Progress(steps_per_epoch, f"epoch {epoch}", progress)
-        epoch_batches = graph_mod.batches(
-            train_graphs,
-            targets["train"],
-            batch_size=dc.batch_size,
-            buckets=prep.buckets,
-            shuffle=True,
-            seed=epoch_seed(tc.seed, epoch),
-        )
-        for k, group in enumerate(
-            step_groups(epoch_batches, train_graphs, targets["train"], dp.n_sub)
-        ):
-            shapes.add(tuple(group[0].bucket))
-            inputs, tgt = stack_inputs(group, dtype, prep.theory["train"])
-            new_params, new_opt, loss, per_graph = train_step(
-                params,
-                opt_state,
-                dp.shard(inputs),
-                dp.shard(tgt),
-                np.int32(epoch * steps_per_epoch + k),
-            )
-            loss = float(loss)
-            n_real = sum(b.n_real for b in group)
-            if not math.isfinite(loss):
-                pg = np.asarray(per_graph).reshape(len(group), -1)
-                bad = [
-                    b.ids[i]
-                    for k, b in enumerate(group)
-                    for i in np.flatnonzero(~np.isfinite(pg[k, : b.n_real]))
-                ] or [i for b in group for i in b.ids]
-                raise TrainingError(
-                    f"non-finite loss at epoch {epoch} in a batch with {', '.join(bad[:5])}"
-                    f"{' ...' if len(bad) > 5 else ''}; stopped without saving this step "
-                    f"(the last good checkpoint in {ckpts.directory} is intact)"
+        k = epoch * steps_per_epoch  # global step index: the augmentation key
+        for b, order in epoch_order(plan, tc.seed, epoch):
+            steps = plan[b].steps
+            if tc.loop == "python":
+                for j in order:
+                    st = steps[j]
+                    new_params, new_opt, loss, per_graph = train_step(
+                        params, opt_state, dp.shard(st.inputs), dp.shard(st.targets), np.int32(k)
+                    )
+                    loss = float(loss)
+                    if not math.isfinite(loss):
+                        raise non_finite(epoch, st, ~np.isfinite(np.asarray(per_graph)))
+                    params, opt_state = new_params, new_opt
+                    losses.append((loss, st.n_real))
+                    n_seen += st.n_real
+                    k += 1
+                    bar.update(st.n_real, loss)
+                continue
+            ids = np.arange(k, k + len(order), dtype=np.int32)
+            with jax.transfer_guard_device_to_host("disallow"):
+                params, opt_state, dev_losses, dev_bad = train_step(
+                    params, opt_state, *on_device[b], order, ids
                 )
-            params, opt_state = new_params, new_opt
-            losses.append((loss, n_real))
+                step_losses, bad = _fetch((dev_losses, dev_bad))
+            for i, j in enumerate(order):
+                loss = float(step_losses[i])
+                if not math.isfinite(loss):
+                    # params went on past this step inside the scan: never kept or saved
+                    raise non_finite(epoch, steps[j], bad[i])
+                losses.append((loss, steps[j].n_real))
+            n_real = sum(steps[j].n_real for j in order)
             n_seen += n_real
-            bar.update(n_real, loss)
+            k += len(order)
+            bar.update(n_real, losses[-1][0], steps=len(order))
         bar.close()
         t_train = time.perf_counter() - t0
         train_loss = sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
@@ -812,7 +949,7 @@ def _train(config: Config, workdir: Path, resume: bool, prepared, log, progress)
             "step": (epoch + 1) * steps_per_epoch,
             "lr": float(schedule((epoch + 1) * steps_per_epoch)),
             "train_loss": train_loss,
-            "n_shapes": len(shapes),
+            "n_shapes": len(plan),
         }
         improved = False
         if prep.graphs["val"] and (epoch + 1) % tc.eval_every == 0:
@@ -851,7 +988,7 @@ def _train(config: Config, workdir: Path, resume: bool, prepared, log, progress)
                 "seconds": dt,
                 "train_seconds": t_train,
                 "crystals_per_s": n_seen / max(t_train, 1e-9),
-                "n_shapes": len(shapes),
+                "n_shapes": len(plan),
                 # programs compiled for the train step in this process so far
                 "n_compiled": int(getattr(train_step, "_cache_size", lambda: -1)()),
             },

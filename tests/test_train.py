@@ -144,7 +144,8 @@ def test_overfit_one_crystal_under_60s():
 
 
 def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path):
-    cfg = _config(epochs=4, learning_rate=3e-3, patience=100)
+    # the scan loop: a resumed run is bit for bit the uninterrupted one
+    cfg = _config(epochs=4, learning_rate=3e-3, patience=100, loop="scan")
     prep = train.prepare_data(cfg, dataset=small_dataset)
     assert len(prep.graphs["train"]) >= 8
 
@@ -404,3 +405,190 @@ def test_a_stale_lock_is_taken_over(small_dataset, tmp_path):
     assert any("stale lock" in m and str(gone.pid) in m for m in msgs), msgs
     assert holders == [os.getpid()]
     assert not (w / ".lock").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The two training loops (train.loop)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sizes_dataset(tmp_path_factory):
+    """Primitive (2-atom) and conventional (8-atom) rock-salt cells: with ``_loop_config`` the
+    training steps fall into two buckets. Split 14 / 2 / 0."""
+    from pymatgen.core import Lattice, Structure
+
+    tmp = tmp_path_factory.mktemp("sizes")
+    rows = []
+    for k, (a_el, b_el, a) in enumerate(ROCKSALT):
+        conv = Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(a), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        )
+        scale = (5.0 / a) ** 4
+        rows.append(
+            {
+                "id": f"size:{a_el}{b_el}",
+                "structure": [conv.get_primitive_structure(), conv][k % 2].as_dict(),
+                "voigt_GPa": _cubic_voigt(120 * scale, 40 * scale, 30 * scale).tolist(),
+            }
+        )
+    f = tmp / "sizes.json"
+    f.write_text(json.dumps(rows))
+    ds = data.load_dataset(f, subset="all", cache_dir=tmp / "cache")
+    assert [len(ds.split[p]) for p in ("train", "val", "test")] == [14, 2, 0]
+    return ds
+
+
+def _loop_config(loop, **train_kw):
+    """Two buckets and volume augmentation, so bucket order and step keys both matter."""
+    cfg = _config(loop=loop, **train_kw)
+    return cfg.override(["data.n_buckets=2", "data.batch_size=3", "train.volume_strain=0.03"])
+
+
+def _metrics(workdir):
+    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loop_setting_is_checked_and_old_configs_load_with_scan():
+    d = C.tiny().to_dict()
+    del d["train"]["loop"]  # a config.json written before the setting existed
+    assert C.Config.from_dict(d).train.loop == "scan"
+    assert C.tiny().override(["train.loop=python"]).train.loop == "python"
+    with pytest.raises(ValueError, match=r"train\.loop"):
+        C.tiny().override(["train.loop=while"])
+
+
+def test_plan_is_fixed_and_epoch_order_permutes_buckets_and_steps(sizes_dataset):
+    cfg = _loop_config("scan")
+    prep = train.prepare_data(cfg, dataset=sizes_dataset)
+    seed = train.epoch_seed(0, 0)
+    kw = dict(batch_size=3, buckets=prep.buckets, n_sub=1, seed=seed, dtype=np.float32)
+    plan = train.plan_steps(prep.graphs["train"], prep.irreps["train"], **kw)
+    assert len(plan) == 2  # both loops see several shapes
+    ids = sorted(i for bs in plan for st in bs.steps for sub in st.ids for i in sub)
+    assert ids == sorted(r.id for r in prep.records["train"])
+    assert all(tuple(st.inputs["species"].shape) == (bs.bucket.n_node,) for bs in plan
+               for st in bs.steps)
+    orders = [train.epoch_order(plan, 0, e) for e in range(6)]
+    for order in orders:  # every step of every bucket once, bucket after bucket
+        assert sorted(b for b, _ in order) == list(range(len(plan)))
+        for b, perm in order:
+            assert sorted(perm.tolist()) == list(range(len(plan[b].steps)))
+    seqs = {tuple((b, *p.tolist()) for b, p in order) for order in orders}
+    assert len(seqs) > 1  # epochs differ
+    again = train.epoch_order(plan, 0, 3)
+    assert [(b, p.tolist()) for b, p in again] == [(b, p.tolist()) for b, p in orders[3]]
+
+
+def test_scan_and_python_loops_give_the_same_metrics(sizes_dataset, tmp_path):
+    prep = train.prepare_data(_loop_config("scan"), dataset=sizes_dataset)
+    rows = {}
+    for loop in ("scan", "python"):
+        w = tmp_path / loop
+        cfg = _loop_config(loop, epochs=3, patience=100)
+        train.train_and_evaluate(cfg, w, prepared=prep, progress=False)
+        rows[loop] = _metrics(w)
+    scan, python = rows["scan"], rows["python"]
+    assert [r["epoch"] for r in scan] == [r["epoch"] for r in python] == [0, 1, 2]
+    for a, b in zip(scan, python, strict=True):
+        assert (a["step"], a["lr"], a["n_shapes"]) == (b["step"], b["lr"], b["n_shapes"])
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        assert a["val"].keys() == b["val"].keys()
+        for key, v in a["val"].items():
+            if isinstance(v, float):
+                np.testing.assert_allclose(v, b["val"][key], rtol=1e-5, atol=1e-7, err_msg=key)
+    assert len({r["train_loss"] for r in scan}) == 3  # training moved
+
+
+def test_scan_loop_brings_results_back_once_per_bucket(sizes_dataset, tmp_path, monkeypatch):
+    cfg = _loop_config("scan", epochs=2)
+    prep = train.prepare_data(cfg, dataset=sizes_dataset)
+    plans, fetches, calls, per_epoch = [], [], [], []
+    real_plan, real_fetch, real_scan = train.plan_steps, train._fetch, train.make_scan
+
+    def plan_steps(*a, **kw):
+        plans.append(real_plan(*a, **kw))
+        return plans[-1]
+
+    def fetch(tree):
+        fetches.append(jax.tree.map(lambda x: x.shape, tree))
+        return real_fetch(tree)
+
+    def make_scan(*a, **kw):
+        run = real_scan(*a, **kw)
+
+        def counted(*args):
+            calls.append(args[-2].shape[0])  # steps in this call
+            return run(*args)
+
+        counted._cache_size = run._cache_size
+        return counted
+
+    def no_step(*a, **kw):
+        raise AssertionError("the scan loop must not run single steps")
+
+    def log(msg):
+        if msg.startswith("epoch "):
+            per_epoch.append((len(fetches), len(calls)))
+
+    monkeypatch.setattr(train, "plan_steps", plan_steps)
+    monkeypatch.setattr(train, "_fetch", fetch)
+    monkeypatch.setattr(train, "make_scan", make_scan)
+    real_make_steps = train.make_steps
+    monkeypatch.setattr(
+        train, "make_steps", lambda *a, **kw: (no_step, real_make_steps(*a, **kw)[1])
+    )
+    train.train_and_evaluate(cfg, tmp_path / "run", prepared=prep, log=log, progress=False)
+    (plan,) = plans
+    n_buckets, n_steps = len(plan), sum(len(bs.steps) for bs in plan)
+    assert n_buckets == 2
+    # one scan call and one fetch (losses and flags together) per bucket and epoch
+    assert per_epoch[:2] == [(n_buckets, n_buckets), (2 * n_buckets, 2 * n_buckets)]
+    assert sum(calls) == 2 * n_steps
+    assert all(len(f) == 2 for f in fetches)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_scan_loop_non_finite_loss_names_the_crystal_and_saves_nothing(
+    sizes_dataset, tmp_path, monkeypatch
+):
+    import dataclasses
+
+    from e3elastic import model as model_mod
+
+    cfg = _loop_config("scan", epochs=3, patience=100)
+    prep = train.prepare_data(cfg, dataset=sizes_dataset)
+    w = tmp_path / "run"
+    with pytest.raises(Stop):
+        train.train_and_evaluate(cfg, w, prepared=prep, log=_stop_after(0), progress=False)
+    cps = ckpt.TrainCheckpoints(w)
+    try:
+        assert cps.steps() == [0]
+    finally:
+        cps.close()
+    best_before = {f.name: f.read_bytes() for f in (w / "best").iterdir()}
+    metrics_before = (w / "metrics.jsonl").read_text()
+
+    # one training crystal's normalised target overflows float32; statistics stay clean
+    k = 3
+    victim = prep.records["train"][k].id
+    clean = prep.irreps["train"]
+    poisoned = {part: a.copy() for part, a in prep.irreps.items()}
+    poisoned["train"][k, 0] = 1e300
+    real_stats = model_mod.irrep_stats
+    monkeypatch.setattr(model_mod, "irrep_stats", lambda irreps: real_stats(clean))
+    bad_prep = dataclasses.replace(prep, irreps=poisoned)
+    with pytest.raises(train.TrainingError, match="non-finite loss at epoch 1") as err:
+        train.train_and_evaluate(cfg, w, prepared=bad_prep, resume=True, progress=False)
+    msg = str(err.value)
+    assert victim in msg and "--resume" in msg and "intact" in msg, msg
+    others = [r.id for r in prep.records["train"] if r.id != victim]
+    assert not any(i in msg for i in others), msg
+
+    cps = ckpt.TrainCheckpoints(w)
+    try:
+        assert cps.steps() == [0] and cps.verify(0)
+    finally:
+        cps.close()
+    assert {f.name: f.read_bytes() for f in (w / "best").iterdir()} == best_before
+    assert (w / "metrics.jsonl").read_text() == metrics_before
