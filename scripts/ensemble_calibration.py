@@ -4,8 +4,8 @@
 
 ENSEMBLE_FOLDER holds the member bundles (``member_0/``, ``member_1/``, ...; see
 scripts/train_ensemble.sh), all trained on the same split. For every crystal the ensemble mean
-and standard deviation (over members) are compared with the DFT tensor, per non-zero Voigt
-component (upper triangle) and for K_VRH and G_VRH.
+and standard deviation (over members) are compared with the DFT tensor, per Voigt component
+that the crystal's symmetry leaves free (upper triangle) and for K_VRH and G_VRH.
 
 The fit (``e3elastic.evaluation.fit_sigma_scale``): on the validation crystals, the factor s
 per quantity is the 95th percentile of |error| / sigma divided by 1.96, so that s * sigma is a
@@ -50,7 +50,7 @@ def main() -> int:
         "members": model.n_members,
         "sigma_scale": scale,
         "fit": "on the validation split: s = (95th percentile of |error| / sigma) / 1.96, per "
-        "quantity (non-zero Voigt components, K_VRH, G_VRH)",
+        "quantity (Voigt components free under symmetry, K_VRH, G_VRH)",
         "val_crystals": len(parts["val"].records),
         "test_crystals": len(test.records),
         "ensemble_metrics": metrics.tensor_metrics(test.mean, test.true),
