@@ -164,7 +164,7 @@ class Model:
         ``theory`` is one level-of-theory index for all graphs or one per graph. ``buckets``
         (default: sized to these graphs) fixes the padded shapes, so a later call with the same
         buckets reuses the compiled program."""
-        from .model import batch_inputs
+        from .interface import batch_inputs
 
         fn = self._fn()
         out = np.zeros((self.n_members, len(graphs), 21))
@@ -181,7 +181,7 @@ class Model:
 
     def voigt(self, outputs: np.ndarray) -> np.ndarray:
         """Voigt stiffness ``(..., 6, 6)`` (GPa) from :meth:`predict_irreps` outputs."""
-        from .model import voigt_from_outputs
+        from .interface import voigt_from_outputs
 
         return voigt_from_outputs(outputs, self.config.model)
 
@@ -201,6 +201,13 @@ class _StoredPrograms:
         self.config = config
         self.programs: dict[Any, Any] = {}
 
+    def _jitted(self):
+        import jax
+
+        from .model import ElasticityNet
+
+        return jax.jit(ElasticityNet(self.config.model).apply)
+
     def __call__(self, params, inputs):
         sig = tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(inputs.items()))
         fn = self.programs.get(sig)
@@ -214,14 +221,12 @@ class _StoredPrograms:
         import jax
 
         from .checkpoint import architecture_key
-        from .model import ElasticityNet
         from .runtime import cache_root
 
-        jitted = jax.jit(ElasticityNet(self.config.model).apply)
         try:
             from jax import export
         except ImportError:
-            return jitted
+            return self._jitted()
         leaves = jax.tree_util.tree_leaves(params)
         key = repr((
             architecture_key(self.config),
@@ -235,6 +240,7 @@ class _StoredPrograms:
             return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
         except Exception:  # absent, damaged or from another jax: export it again
             pass
+        jitted = self._jitted()  # the network itself (flax, e3nn-jax) only on a cache miss
         try:
             exported = export.export(jitted)(params, inputs)
             blob = exported.serialize()
