@@ -179,13 +179,19 @@ def fit_sigma_scale(ev: Evaluated, target: float = 0.95) -> dict[str, float]:
     if ev.member_voigt.shape[0] < 2:
         raise EvaluationError("a sigma scale needs an ensemble (two or more members)")
     z = NormalDist().inv_cdf(0.5 + target / 2)
-    iu = np.triu_indices(6)
     true, mean, spread = ev.true, ev.mean, ev.spread()
     nonzero = _free_components(ev)
-    ratios = {
-        "voigt": (np.abs(mean - true)[:, iu[0], iu[1]] / spread["voigt"][:, iu[0], iu[1]])[
-            nonzero
-        ],
+    with np.errstate(divide="ignore", invalid="ignore"):  # fixed components: 0 / 0, masked
+        ratios = _error_ratios(mean, true, spread)
+    ratios["voigt"] = ratios["voigt"][nonzero]
+    return {q: float(np.quantile(r[np.isfinite(r)], target) / z) for q, r in ratios.items()}
+
+
+def _error_ratios(mean, true, spread) -> dict[str, np.ndarray]:
+    """|error| / sigma: ``voigt`` ``(n, 21)`` (upper triangle), ``K_VRH`` and ``G_VRH`` ``(n,)``."""
+    iu = np.triu_indices(6)
+    return {
+        "voigt": np.abs(mean - true)[:, iu[0], iu[1]] / spread["voigt"][:, iu[0], iu[1]],
         "K_VRH": np.abs(tensors.bulk_modulus(mean)["hill"] - tensors.bulk_modulus(true)["hill"])
         / spread["K_VRH"],
         "G_VRH": np.abs(
@@ -193,7 +199,6 @@ def fit_sigma_scale(ev: Evaluated, target: float = 0.95) -> dict[str, float]:
         )
         / spread["G_VRH"],
     }
-    return {q: float(np.quantile(r[np.isfinite(r)], target) / z) for q, r in ratios.items()}
 
 
 def crystal_rows(ev: Evaluated, scale: dict[str, float] | None = None) -> list[dict[str, Any]]:

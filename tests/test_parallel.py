@@ -3,8 +3,8 @@
 Both runs take the same 4 padded sub-batches per step; one spreads them over a 4-device mesh
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``), the other runs them on one device.
 The device count is fixed when JAX starts, so each run is its own process. Both use the scan
-loop (each bucket's stacked steps sharded over the mesh once); a third run, the python loop on
-4 devices, takes the same steps one at a time.
+loop (each bucket's stacked steps sharded over the mesh once). A slow test also runs the python
+loop on 4 devices, which takes the same steps one at a time.
 """
 
 from __future__ import annotations
@@ -76,7 +76,12 @@ def test_sharded_training_matches_single_device(tmp_path):
     vb = np.array([x["val"]["rel_frobenius"] for x in sharded if "val" in x])
     np.testing.assert_allclose(vb, va, rtol=1e-4)
 
+
+@pytest.mark.slow
+def test_sharded_python_loop_matches_the_scan_loop(tmp_path):
     # the python loop, sharded the same way, takes the same steps one at a time
+    _, sharded = _run(tmp_path, "four", 4)
     _, stepped = _run(tmp_path, "four-python", 4, loop="python")
+    b = np.array([x["train_loss"] for x in sharded])
     c = np.array([x["train_loss"] for x in stepped])
     np.testing.assert_allclose(c, b, rtol=1e-5)
