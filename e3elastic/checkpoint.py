@@ -353,12 +353,6 @@ def _traced_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flatten_params(shapes, as_numpy=False).items()}
 
 
-def check_param_shapes(config: Config, params: Any, where: str = "params") -> None:
-    want = expected_param_shapes(config)
-    have = {k: tuple(np.shape(v)) for k, v in flatten_params(params).items()}
-    _compare_shapes(want, have, where)
-
-
 def _compare_shapes(
     want: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]], where: str
 ) -> None:

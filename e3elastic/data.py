@@ -647,16 +647,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _orthogonal(r: np.ndarray) -> np.ndarray:
-    """Nearest orthogonal matrix (polar factor) of each ``(..., 3, 3)`` matrix."""
-    u, _, vt = np.linalg.svd(r)
-    return u @ vt
-
-
 def _proper(r: np.ndarray) -> np.ndarray:
     """``r`` or ``-r``, whichever is a proper rotation. A 4th-rank tensor is unchanged by the
     inversion, and a proper rotation keeps the lattice right-handed."""
-    r = _orthogonal(np.asarray(r, dtype=np.float64))
+    r = tensors.nearest_orthogonal(r)
     return -r if np.linalg.det(r) < 0 else r
 
 
@@ -680,7 +674,7 @@ def point_group_rotations(structure: Any, symprec: float = SYMPREC) -> tuple[np.
 def _rotations(sga: Any) -> np.ndarray:
     ops = sga.get_point_group_operations(cartesian=True)
     rots = np.array([op.rotation_matrix for op in ops], dtype=np.float64).reshape(-1, 3, 3)
-    return _orthogonal(rots)
+    return tensors.nearest_orthogonal(rots)
 
 
 def conventional_rotation(structure: Any, sga: Any = None) -> np.ndarray:
@@ -937,10 +931,6 @@ class Dataset:
     split: dict[str, list[str]]
     report: dict[str, Any]
     options: dict[str, Any]
-
-    @property
-    def counts(self) -> dict[str, Any]:
-        return self.report
 
     def __len__(self) -> int:
         return len(self.records)
