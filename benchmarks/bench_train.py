@@ -28,6 +28,21 @@ import numpy as np
 from _env import environment
 
 
+def _setup(args):
+    """The config and the first ``args.n`` matminer crystals: graphs, random targets, buckets."""
+    from e3elastic import config as C
+    from e3elastic import data, graph
+
+    cfg = C.preset(args.config).override(args.set)
+    folder = Path(os.environ.get("E3ELASTIC_DATA", "../shared/data"))
+    res = data.read_file(folder / "matminer_elastic_tensor_2015.json.gz")
+    recs = res.records[: args.n]
+    graphs = [graph.structure_to_graph(r.structure, cfg.model.cutoff, id=r.id) for r in recs]
+    targets = np.random.default_rng(0).normal(size=(len(graphs), 21))
+    buckets = graph.make_buckets(graphs, cfg.data.batch_size, cfg.data.n_buckets)
+    return cfg, graphs, targets, buckets
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="default")
@@ -43,17 +58,10 @@ def main() -> None:
 
     import jax
 
-    from e3elastic import config as C
-    from e3elastic import data, graph, train
+    from e3elastic import graph, train
     from e3elastic.model import batch_inputs
 
-    cfg = C.preset(args.config).override(args.set)
-    folder = Path(os.environ.get("E3ELASTIC_DATA", "../shared/data"))
-    res = data.read_file(folder / "matminer_elastic_tensor_2015.json.gz")
-    recs = res.records[: args.n]
-    graphs = [graph.structure_to_graph(r.structure, cfg.model.cutoff, id=r.id) for r in recs]
-    targets = np.random.default_rng(0).normal(size=(len(graphs), 21))
-    buckets = graph.make_buckets(graphs, cfg.data.batch_size, cfg.data.n_buckets)
+    cfg, graphs, targets, buckets = _setup(args)
     net = train.create_model(cfg)
     dtype = np.float32
     batches = list(graph.batches(graphs, targets, batch_size=cfg.data.batch_size, buckets=buckets))
@@ -119,17 +127,10 @@ def compare_loops(args) -> None:
     """Crystals/s per epoch of ``train.loop`` python and scan on the same steps."""
     import jax
 
-    from e3elastic import config as C
-    from e3elastic import data, graph, train
+    from e3elastic import graph, train
     from e3elastic.model import batch_inputs
 
-    cfg = C.preset(args.config).override(args.set)
-    folder = Path(os.environ.get("E3ELASTIC_DATA", "../shared/data"))
-    res = data.read_file(folder / "matminer_elastic_tensor_2015.json.gz")
-    recs = res.records[: args.n]
-    graphs = [graph.structure_to_graph(r.structure, cfg.model.cutoff, id=r.id) for r in recs]
-    targets = np.random.default_rng(0).normal(size=(len(graphs), 21))
-    buckets = graph.make_buckets(graphs, cfg.data.batch_size, cfg.data.n_buckets)
+    cfg, graphs, targets, buckets = _setup(args)
     dtype = np.float32
     dp = train.DataParallel(cfg.train.data_parallel)
     plan = train.plan_steps(

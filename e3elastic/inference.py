@@ -47,7 +47,7 @@ import numpy as np
 from . import domain, tensors
 from . import graph as graph_mod
 from .config import Config
-from .prediction import Prediction, to_json_ready
+from .prediction import RESULT_KEYS, Prediction, to_json_ready
 
 __all__ = [
     "Model",
@@ -488,23 +488,6 @@ def _wrapped(s):
 # Prediction
 # --------------------------------------------------------------------------------------------
 
-_EMPTY_KEYS = (
-    "voigt_GPa",
-    "cartesian_GPa",
-    "K_V_GPa",
-    "K_R_GPa",
-    "K_VRH_GPa",
-    "G_V_GPa",
-    "G_R_GPa",
-    "G_VRH_GPa",
-    "youngs_modulus_GPa",
-    "poisson_ratio",
-    "universal_anisotropy",
-    "min_eigenvalue_GPa",
-    "born_stable",
-)
-
-
 def symmetry(structure, symprec: float = SYMPREC) -> tuple[np.ndarray, dict[str, Any]]:
     """Cartesian point-group operations ``(n, 3, 3)`` of a structure and a description
     (``space_group``, ``space_group_number``, ``point_group``, ``crystal_system``, ``symprec``).
@@ -654,7 +637,7 @@ def predict(
             progress(done, len(good))
     for r in results:
         if r["error"] is not None:
-            for k in _EMPTY_KEYS:
+            for k in RESULT_KEYS:
                 r.setdefault(k, None)
     return results[0] if single else results
 
