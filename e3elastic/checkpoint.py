@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 
 from .config import Config
+from .errors import E3ElasticError, short_error
+from .files import atomic_write
 
 __all__ = [
     "BUNDLE_FILES",
@@ -66,7 +68,7 @@ __all__ = [
 BUNDLE_FILES = ("config.json", "params.npz", "stats.json", "info.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(E3ElasticError, ValueError):
     """A checkpoint or bundle is missing, damaged or does not fit its config."""
 
 
@@ -175,7 +177,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: cannot read JSON ({_short(e)})") from e
+        raise CheckpointError(f"{path}: cannot read JSON ({short_error(e, 200)})") from e
 
 
 def load_bundle(path: str | os.PathLike) -> tuple[Config, dict[str, Any], dict, dict]:
@@ -205,7 +207,7 @@ def load_bundle(path: str | os.PathLike) -> tuple[Config, dict[str, Any], dict, 
     try:
         config = Config.from_json((path / "config.json").read_text())
     except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
-        raise CheckpointError(f"{path / 'config.json'}: {_short(e)}") from e
+        raise CheckpointError(f"{path / 'config.json'}: {short_error(e, 200)}") from e
     want = _expected_shapes_or_error(config, path / "config.json")
     flat = _read_params_npz(path / "params.npz", want)
     stats_raw = _read_json(path / "stats.json")
@@ -229,7 +231,9 @@ def _expected_shapes_or_error(config: Config, where: Path) -> dict[str, tuple[in
     try:
         return expected_param_shapes(config)
     except Exception as e:  # a config whose model cannot be built (bad irreps, types, ...)
-        raise CheckpointError(f"{where}: cannot build the model it describes ({_short(e)})") from e
+        raise CheckpointError(
+            f"{where}: cannot build the model it describes ({short_error(e, 200)})"
+        ) from e
 
 
 def _read_params_npz(f: Path, want: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -266,7 +270,7 @@ def _read_params_npz(f: Path, want: dict[str, tuple[int, ...]]) -> dict[str, np.
     except CheckpointError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{f}: cannot read weights ({_short(e)})") from e
+        raise CheckpointError(f"{f}: cannot read weights ({short_error(e, 200)})") from e
     bad = [k for k, v in flat.items() if not np.all(np.isfinite(v))]
     if bad:
         raise CheckpointError(f"{f}: {len(bad)} weight array(s) hold NaN or inf, e.g. {bad[0]}")
@@ -290,10 +294,7 @@ def expected_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     except (OSError, ValueError, AttributeError, TypeError):
         shapes = _traced_param_shapes(config)
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(shapes))
-            os.replace(tmp, cached)
+            atomic_write(cached, json.dumps(shapes))
         except OSError:
             pass  # no writable cache: trace again next time
     _SHAPES[key] = shapes
@@ -456,7 +457,7 @@ class TrainCheckpoints:
             sort_keys=True,
         ).encode()
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(self.manifest_path(step), body)
+        atomic_write(self.manifest_path(step), body)
 
     def verify(self, step: int) -> bool:
         """Check ``step`` against its sha256 manifest.
@@ -474,8 +475,9 @@ class TrainCheckpoints:
             if not isinstance(files, dict) or not files:
                 raise ValueError("no file list")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            why = short_error(e, 200)
             raise CheckpointError(
-                f"checkpoint step {step}: its manifest {mpath} is unreadable ({_short(e)})"
+                f"checkpoint step {step}: its manifest {mpath} is unreadable ({why})"
             ) from e
         root = self.step_dir(step)
         for rel, digest in sorted(files.items()):
@@ -519,7 +521,8 @@ class TrainCheckpoints:
                 )
                 result = step, out["state"], dict(out["meta"])
             except Exception as e:  # orbax raises many types for damaged files
-                msg = f"checkpoint step {step} in {self.directory} is unreadable: {_short(e)}"
+                why = short_error(e, 200)
+                msg = f"checkpoint step {step} in {self.directory} is unreadable: {why}"
                 if isinstance(e, CheckpointError):
                     msg = str(e)
                 errors.append(msg)
@@ -547,22 +550,3 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` through a fsynced temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _short(e: BaseException, limit: int = 200) -> str:
-    s = f"{type(e).__name__}: {e}".replace("\n", " ")
-    return s if len(s) <= limit else s[: limit - 3] + "..."

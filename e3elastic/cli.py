@@ -17,8 +17,11 @@ import numpy as np
 from e3elastic import __version__
 from e3elastic.config import THEORIES
 
+from .errors import E3ElasticError
+from .files import atomic_write
 
-class CLIError(Exception):
+
+class CLIError(E3ElasticError):
     """An error whose message is shown to the user without a traceback."""
 
 
@@ -50,13 +53,9 @@ def _check_output_path(out: str | None) -> None:
 
 def _write_output(out: str, text: str) -> None:
     """Write ``text`` to ``out`` through a temporary file, so a failure leaves no half file."""
-    path = Path(out)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(out, text if text.endswith("\n") else text + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CLIError(f"--out {out}: cannot write ({e.strerror or e})") from None
 
 
@@ -104,9 +103,7 @@ def _format_tensor_report(name: str, voigt: np.ndarray) -> str:
         ("shear modulus G  (Voigt/Reuss/Hill)", "G_V_GPa", "G_R_GPa", "G_VRH_GPa", "GPa"),
     ]
     for label, a, b, c, unit in rows:
-        lines.append(
-            f"  {label}: {props[a]:8.2f} {props[b]:8.2f} {props[c]:8.2f} {unit}"
-        )
+        lines.append(f"  {label}: {props[a]:8.2f} {props[b]:8.2f} {props[c]:8.2f} {unit}")
     lines += [
         f"  Young's modulus E (Hill)            : {props['youngs_modulus_GPa']:8.2f} GPa",
         f"  Poisson's ratio nu (Hill)           : {props['poisson_ratio']:8.4f}",
@@ -118,9 +115,7 @@ def _format_tensor_report(name: str, voigt: np.ndarray) -> str:
     e_dir = tensors.directional_youngs_modulus(voigt, axes)
     beta = tensors.linear_compressibility(voigt, axes)
     lines.append(
-        "  E along x, y, z                     : "
-        + " ".join(f"{x:8.2f}" for x in e_dir)
-        + " GPa"
+        "  E along x, y, z                     : " + " ".join(f"{x:8.2f}" for x in e_dir) + " GPa"
     )
     lines.append(
         "  linear compressibility x, y, z      : "
@@ -287,12 +282,17 @@ def _crystals_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     upper = [(i, j) for i in range(6) for j in range(i, 6)]
-    w.writerow(keys + [f"C{i + 1}{j + 1}_pred" for i, j in upper]
-               + [f"C{i + 1}{j + 1}_true" for i, j in upper])
+    w.writerow(
+        keys
+        + [f"C{i + 1}{j + 1}_pred" for i, j in upper]
+        + [f"C{i + 1}{j + 1}_true" for i, j in upper]
+    )
     for r in rows:
-        w.writerow([r[k] for k in keys]
-                   + [f"{r['pred_voigt_GPa'][i][j]:.4f}" for i, j in upper]
-                   + [f"{r['true_voigt_GPa'][i][j]:.4f}" for i, j in upper])
+        w.writerow(
+            [r[k] for k in keys]
+            + [f"{r['pred_voigt_GPa'][i][j]:.4f}" for i, j in upper]
+            + [f"{r['true_voigt_GPa'][i][j]:.4f}" for i, j in upper]
+        )
     return buf.getvalue()
 
 
@@ -308,11 +308,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             _write_output(args.out, json.dumps(to_json_ready(report), indent=2))
     if args.json:
-        print(json.dumps(to_json_ready({k: v for k, v in report.items() if k != "crystals"}),
-                         indent=2))
+        print(
+            json.dumps(
+                to_json_ready({k: v for k, v in report.items() if k != "crystals"}), indent=2
+            )
+        )
         return 0
-    print(f"model {res['model']} ({res['model_version']}, {res['members']} member(s)); "
-          f"evaluated on {res['evaluated']}")
+    print(
+        f"model {res['model']} ({res['model_version']}, {res['members']} member(s)); "
+        f"evaluated on {res['evaluated']}"
+    )
     _print_metrics_table(res["metrics"], res["mae_definition"])
     if "coverage" in res:
         scale = res["sigma_scale"]
@@ -337,14 +342,31 @@ def _format_predictions(results: list, fmt: str) -> str:
         import csv
         import io
 
-        keys = ["file", "formula", "K_VRH_GPa", "G_VRH_GPa", "youngs_modulus_GPa",
-                "poisson_ratio", "universal_anisotropy", "born_stable", "K_VRH_std_GPa",
-                "G_VRH_std_GPa", "space_group", "theory", "model", "error", "warnings"]
+        keys = [
+            "file",
+            "formula",
+            "K_VRH_GPa",
+            "G_VRH_GPa",
+            "youngs_modulus_GPa",
+            "poisson_ratio",
+            "universal_anisotropy",
+            "born_stable",
+            "K_VRH_std_GPa",
+            "G_VRH_std_GPa",
+            "space_group",
+            "theory",
+            "model",
+            "error",
+            "warnings",
+        ]
         upper = [(i, j) for i in range(6) for j in range(i, 6)]
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(keys + [f"C{i + 1}{j + 1}" for i, j in upper]
-                   + [f"C{i + 1}{j + 1}_std" for i, j in upper])
+        w.writerow(
+            keys
+            + [f"C{i + 1}{j + 1}" for i, j in upper]
+            + [f"C{i + 1}{j + 1}_std" for i, j in upper]
+        )
         for r in results:
             v, sd = r.get("voigt_GPa"), r.get("voigt_std_GPa")
             comps = [] if v is None else [f"{v[i][j]:.4f}" for i, j in upper]
@@ -468,21 +490,25 @@ def _add_model_commands(sub) -> None:
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--float64", action="store_true", help="train in double precision")
     tr.add_argument(
-        "--set", action="append", metavar="SECTION.KEY=VALUE",
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
         help="override any setting, e.g. --set model.n_layers=3 (repeatable)",
     )
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="metrics of a trained model on a dataset")
     ev.add_argument(
-        "--model", required=True,
+        "--model",
+        required=True,
         help="shipped model name (default, ensemble), bundle, run or ensemble folder",
     )
     ev.add_argument("--data", default=None, help="data folder or file")
     ev.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument(
-        "--out", default=None,
+        "--out",
+        default=None,
         help="also write metrics and per-crystal predictions here (.json; .csv: one row per "
         "crystal)",
     )
@@ -497,12 +523,16 @@ def _add_model_commands(sub) -> None:
     pr.add_argument("paths", nargs="*", help="structure files, folders or glob patterns")
     pr.add_argument("--model", default=None, help="shipped model name or bundle folder")
     pr.add_argument(
-        "--format", default=None, choices=("table", "json", "csv"),
+        "--format",
+        default=None,
+        choices=("table", "json", "csv"),
         help="output format (default: from the --out extension, .json or .csv; else table)",
     )
     pr.add_argument("--symmetrize", action="store_true", help="impose the point group exactly")
     pr.add_argument(
-        "--symprec", type=float, default=0.01,
+        "--symprec",
+        type=float,
+        default=0.01,
         help="symmetry tolerance in Angstrom for the reported and imposed group (default 0.01)",
     )
     pr.add_argument(
@@ -529,8 +559,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         m = _evaluate(args)
         out = args.out if args.out.endswith((".png", ".svg")) else f"{args.out}.{fmt}"
         arrays = m["arrays"]
-        path = plots.parity(arrays["pred_voigt"], arrays["true_voigt"], out,
-                            title=f"{m['evaluated']} (n={m['metrics']['n']})")
+        path = plots.parity(
+            arrays["pred_voigt"],
+            arrays["true_voigt"],
+            out,
+            title=f"{m['evaluated']} (n={m['metrics']['n']})",
+        )
         print(path)
         return 0
     if not args.inputs:
@@ -639,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="preset whose data settings and model cutoff apply (default: default)",
     )
     ds.add_argument(
-        "--set", action="append", metavar="SECTION.KEY=VALUE",
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
         help="override a setting of the preset, e.g. --set model.cutoff=6 (repeatable)",
     )
     ds.add_argument("--subset", choices=("all", "pbe", "sio2"), default=None)

@@ -62,7 +62,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 import zlib
@@ -75,6 +74,9 @@ import numpy as np
 
 from e3elastic import tensors
 from e3elastic.config import Config, default
+
+from .errors import E3ElasticError, short_error
+from .files import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -143,7 +145,7 @@ REASONS = (
 )
 
 
-class DataError(ValueError):
+class DataError(E3ElasticError, ValueError):
     """Data cannot be read at all (missing folder, no readable file, failed download)."""
 
 
@@ -268,11 +270,6 @@ class Dropped(NamedTuple):
         return self.reason.split(":")[0]
 
 
-def _short(err: BaseException, limit: int = 120) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _plain_structure(obj: Any):
     """A pymatgen Structure from a Structure, a dict or a CIF string; site properties dropped."""
     from pymatgen.core import Structure
@@ -298,7 +295,9 @@ def _voigt(obj: Any) -> np.ndarray:
     try:
         a = np.asarray(obj, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise _EntryError(f"bad tensor: not an array of numbers ({_short(err, 60)})") from None
+        raise _EntryError(
+            f"bad tensor: not an array of numbers ({short_error(err, 60, with_type=False)})"
+        ) from None
     if a.shape not in ((6, 6), (3, 3, 3, 3)):
         raise _EntryError(f"bad tensor: shape {a.shape}, expected (6, 6) or (3, 3, 3, 3)")
     bad = int(np.count_nonzero(~np.isfinite(a)))
@@ -308,7 +307,9 @@ def _voigt(obj: Any) -> np.ndarray:
         try:
             a = tensors.cartesian_to_voigt(a)
         except ValueError as err:
-            raise _EntryError(f"asymmetric tensor: {_short(err, 80)}") from None
+            raise _EntryError(
+                f"asymmetric tensor: {short_error(err, 80, with_type=False)}"
+            ) from None
     scale = float(np.max(np.abs(a)))
     if scale == 0.0:
         raise _EntryError("bad tensor: all entries are zero")
@@ -332,7 +333,9 @@ def _make_record(
     try:
         s = _plain_structure(structure)
     except Exception as err:  # pymatgen raises many kinds on bad input
-        raise _EntryError(f"unparseable structure: {_short(err)}") from None
+        raise _EntryError(
+            f"unparseable structure: {short_error(err, 120, with_type=False)}"
+        ) from None
     v = _voigt(voigt)
     return Record(
         id=str(id),
@@ -383,7 +386,9 @@ class _Collector:
             OverflowError,
             RecursionError,
         ) as err:
-            reason = f"malformed entry: {type(err).__name__} {_short(err, 60)}"
+            reason = (
+                f"malformed entry: {type(err).__name__} {short_error(err, 60, with_type=False)}"
+            )
             self.dropped.append(Dropped(str(id), source, reason))
 
 
@@ -557,7 +562,9 @@ def read_file(path: str | os.PathLike) -> FileResult:
     # ValueError covers JSONDecodeError and over-long integers; zlib.error a damaged gzip
     # stream; RecursionError absurdly deep nesting.
     except (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error, RecursionError) as err:
-        raise DataError(f"{path}: not readable JSON ({_short(err, 80)})") from None
+        raise DataError(
+            f"{path}: not readable JSON ({short_error(err, 80, with_type=False)})"
+        ) from None
     fmt = _detect(obj)
     out = _Collector()
     try:
@@ -579,9 +586,8 @@ def read_file(path: str | os.PathLike) -> FileResult:
     except DataError:
         raise
     except (KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError) as err:
-        raise DataError(
-            f"{path}: malformed {fmt} file ({type(err).__name__} {_short(err, 80)})"
-        ) from None
+        why = short_error(err, 80, with_type=False)
+        raise DataError(f"{path}: malformed {fmt} file ({type(err).__name__} {why})") from None
     return FileResult(str(path), fmt, out.records, out.dropped, dict(out.read))
 
 
@@ -626,20 +632,8 @@ def write_records(records: Iterable[Record], path: str | os.PathLike) -> Path:
     path = Path(path)
     text = json.dumps([r.to_user_dict() for r in records])
     data = gzip.compress(text.encode()) if path.suffix == ".gz" else text.encode()
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,7 +748,9 @@ def _validate(
         sga = _analyzer(s)
         rots, system = _rotations(sga), sga.get_crystal_system()
     except Exception as err:  # spglib failures come in several types
-        raise _EntryError(f"symmetry analysis failed: {_short(err, 80)}") from None
+        raise _EntryError(
+            f"symmetry analysis failed: {short_error(err, 80, with_type=False)}"
+        ) from None
     res = float(tensors.symmetry_residual(rec.voigt, rots))
     if res <= tolerance:
         eye = np.eye(3)
@@ -770,7 +766,7 @@ def _validate(
         try:
             r = make()
         except Exception as err:  # pymatgen's symmetry code raises several kinds
-            tried.append(f"{frame} frame failed ({_short(err, 40)})")
+            tried.append(f"{frame} frame failed ({short_error(err, 40, with_type=False)})")
             continue
         # The rotated structure's point group is the conjugated one: no second spglib call.
         res2 = float(tensors.symmetry_residual(rec.voigt, r @ rots @ r.T))
@@ -949,7 +945,7 @@ class Dataset:
         obj |= {k: self.options.get(k) for k in ("subset", "seed", "holdout", "fractions")}
         obj["split"] = self.split
         path = Path(path)
-        _atomic_write(path, json.dumps(obj, indent=1).encode())
+        atomic_write(path, json.dumps(obj, indent=1).encode())
         return path
 
     def with_split(self, split: dict[str, list[str]] | str | os.PathLike) -> Dataset:
@@ -1053,7 +1049,7 @@ def _save_cache(path: Path, key: str, state: dict[str, Any]) -> None:
         "records": [r.to_dict() for r in state["records"]],
         "dropped": [list(d) for d in state["dropped"]],
     }
-    _atomic_write(path, gzip.compress(json.dumps(obj).encode(), compresslevel=5))
+    atomic_write(path, gzip.compress(json.dumps(obj).encode(), compresslevel=5))
 
 
 def _load_cache(path: Path, key: str) -> dict[str, Any] | None:
@@ -1272,7 +1268,7 @@ def fetch_mp_structure(material_id: str, *, api_key: str | None = None):
     except Exception as err:  # network errors, unknown id, bad key
         raise DataError(
             f"Materials Project: cannot fetch {material_id} "
-            f"({type(err).__name__}: {_short(err, 120)})"
+            f"({type(err).__name__}: {short_error(err, 120, with_type=False)})"
         ) from None
 
 
@@ -1297,9 +1293,8 @@ def fetch_mp(
         with MPRester(key, use_document_model=False, mute_progress_bars=True) as mpr:
             docs = list(mpr.materials.elasticity.search(**kwargs))
     except Exception as err:  # network errors, bad key, API changes
-        raise DataError(
-            f"Materials Project query failed: {type(err).__name__}: {_short(err, 150)}"
-        ) from None
+        why = short_error(err, 150, with_type=False)
+        raise DataError(f"Materials Project query failed: {type(err).__name__}: {why}") from None
     if limit is not None:
         docs = docs[:limit]
     records, skipped = [], 0

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import metrics, tensors
+from .errors import E3ElasticError
 from .inference import Model, PredictError, load_model
 
 __all__ = [
@@ -39,7 +40,7 @@ MAE_DEFINITION = "MAE Voigt: mean |C_pred - C| over the 36 entries of the 6x6 Vo
 SIGMA_QUANTITIES = ("voigt", "K_VRH", "G_VRH")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(E3ElasticError, ValueError):
     """A model or dataset cannot be evaluated; the message says why."""
 
 
@@ -147,9 +148,7 @@ def coverage(ev: Evaluated, scale: dict[str, float] | None = None) -> dict[str, 
     errors = {
         "voigt": np.abs(mean - true)[:, iu[0], iu[1]][nonzero],
         "K_VRH": np.abs(tensors.bulk_modulus(mean)["hill"] - tensors.bulk_modulus(true)["hill"]),
-        "G_VRH": np.abs(
-            tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"]
-        ),
+        "G_VRH": np.abs(tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"]),
     }
     sigmas = {
         "voigt": spread["voigt"][:, iu[0], iu[1]][nonzero],
@@ -194,9 +193,7 @@ def _error_ratios(mean, true, spread) -> dict[str, np.ndarray]:
         "voigt": np.abs(mean - true)[:, iu[0], iu[1]] / spread["voigt"][:, iu[0], iu[1]],
         "K_VRH": np.abs(tensors.bulk_modulus(mean)["hill"] - tensors.bulk_modulus(true)["hill"])
         / spread["K_VRH"],
-        "G_VRH": np.abs(
-            tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"]
-        )
+        "G_VRH": np.abs(tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"])
         / spread["G_VRH"],
     }
 

@@ -38,13 +38,15 @@ import hashlib
 import math
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .errors import E3ElasticError
+from .files import atomic_write
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -99,7 +101,7 @@ _MAX_IMAGES = 100_000
 _CHUNK_ELEMENTS = 6_000_000
 
 
-class GraphError(ValueError):
+class GraphError(E3ElasticError, ValueError):
     """A structure cannot be turned into a graph (or graphs into a batch)."""
 
 
@@ -376,13 +378,9 @@ def build_graph(
     pos = _check_positions(positions, name)
     species = species_index(atomic_numbers, name)
     if species.shape[0] != pos.shape[0]:
-        raise GraphError(
-            f"{name}: {species.shape[0]} atomic numbers for {pos.shape[0]} positions"
-        )
+        raise GraphError(f"{name}: {species.shape[0]} atomic numbers for {pos.shape[0]} positions")
     lat = _check_lattice(lattice, name)
-    senders, receivers, shifts, _ = neighbour_list(
-        pos, lat, cutoff, max_edges=max_edges, name=name
-    )
+    senders, receivers, shifts, _ = neighbour_list(pos, lat, cutoff, max_edges=max_edges, name=name)
     if not allow_isolated:
         counts = np.bincount(senders, minlength=pos.shape[0])
         lonely = np.flatnonzero(counts == 0)
@@ -827,15 +825,7 @@ def save_graphs(path: str | os.PathLike, graphs: Sequence[CrystalGraph], key: st
     for field in _GRAPH_ARRAYS:
         parts = [getattr(g, field) for g in graphs]
         arrays[field] = np.concatenate(parts) if parts else np.zeros(empty.get(field, (0,)))
-    fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_graphs(path: str | os.PathLike, key: str | None = None) -> list[CrystalGraph]:
@@ -849,9 +839,7 @@ def load_graphs(path: str | os.PathLike, key: str | None = None) -> list[Crystal
         with np.load(path, allow_pickle=False) as z:
             version = int(z["format_version"])
             if version != CACHE_FORMAT_VERSION:
-                raise GraphError(
-                    f"{path}: cache format {version}, expected {CACHE_FORMAT_VERSION}"
-                )
+                raise GraphError(f"{path}: cache format {version}, expected {CACHE_FORMAT_VERSION}")
             if key is not None and str(z["key"]) != key:
                 raise GraphError(f"{path}: cache key {z['key']} does not match {key}")
             data = {name: z[name] for name in z.files}

@@ -47,6 +47,8 @@ import numpy as np
 from . import domain, tensors
 from . import graph as graph_mod
 from .config import Config
+from .errors import E3ElasticError, short_error
+from .files import atomic_write
 from .prediction import RESULT_KEYS, Prediction, to_json_ready
 
 __all__ = [
@@ -77,7 +79,7 @@ SYMPREC = 0.01
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json", ".cssr", ".xsf")
 
 
-class PredictError(ValueError):
+class PredictError(E3ElasticError, ValueError):
     """A model or input cannot be used; the message says which and why."""
 
 
@@ -228,13 +230,15 @@ class _StoredPrograms:
         except ImportError:
             return self._jitted()
         leaves = jax.tree_util.tree_leaves(params)
-        key = repr((
-            architecture_key(self.config),
-            sig,
-            [(np.shape(a), np.asarray(a).dtype.str) for a in leaves],
-            jax.default_backend(),
-            bool(jax.config.jax_enable_x64),
-        ))
+        key = repr(
+            (
+                architecture_key(self.config),
+                sig,
+                [(np.shape(a), np.asarray(a).dtype.str) for a in leaves],
+                jax.default_backend(),
+                bool(jax.config.jax_enable_x64),
+            )
+        )
         path = cache_root() / "exported" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
         try:
             return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
@@ -247,10 +251,7 @@ class _StoredPrograms:
         except Exception:  # e.g. no flatbuffers: serialisation unavailable
             return jitted
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_bytes(blob)
-            os.replace(tmp, path)
+            atomic_write(path, blob)
         except OSError:
             pass
         return jax.jit(exported.call)
@@ -415,7 +416,7 @@ def read_structure(path: str | os.PathLike):
             warnings.simplefilter("ignore")
             return Structure.from_file(str(p))
     except Exception as e:  # pymatgen raises many types on bad files
-        errors.append(f"pymatgen: {_short(e)}")
+        errors.append(f"pymatgen: {short_error(e)}")
     try:
         from ase.io import read as ase_read
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -425,7 +426,7 @@ def read_structure(path: str | os.PathLike):
         try:
             return AseAtomsAdaptor.get_structure(ase_read(str(p)))
         except Exception as e:
-            errors.append(f"ase: {_short(e)}")
+            errors.append(f"ase: {short_error(e)}")
     raise PredictError(f"not a readable structure ({'; '.join(errors)})")
 
 
@@ -445,11 +446,6 @@ def _as_structure(item: Any):
     raise PredictError(
         f"cannot predict for a {type(item).__name__}; give a Structure, Atoms or path"
     )
-
-
-def _short(e: BaseException, limit: int = 160) -> str:
-    s = f"{type(e).__name__}: {e}".replace("\n", " ")
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _check_structure(s) -> None:
@@ -488,6 +484,7 @@ def _wrapped(s):
 # Prediction
 # --------------------------------------------------------------------------------------------
 
+
 def symmetry(structure, symprec: float = SYMPREC) -> tuple[np.ndarray, dict[str, Any]]:
     """Cartesian point-group operations ``(n, 3, 3)`` of a structure and a description
     (``space_group``, ``space_group_number``, ``point_group``, ``crystal_system``, ``symprec``).
@@ -502,9 +499,7 @@ def symmetry(structure, symprec: float = SYMPREC) -> tuple[np.ndarray, dict[str,
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     sga = SpacegroupAnalyzer(structure, symprec=symprec)
-    frac = np.array(
-        [op.rotation_matrix for op in sga.get_point_group_operations(cartesian=False)]
-    )
+    frac = np.array([op.rotation_matrix for op in sga.get_point_group_operations(cartesian=False)])
     lat_t = np.asarray(structure.lattice.matrix, np.float64).T  # columns a, b, c
     metric = lat_t.T @ lat_t
     ideal = np.mean(np.swapaxes(frac, 1, 2) @ metric @ frac, axis=0)  # invariant metric
@@ -564,17 +559,19 @@ def predict(
     good: list[tuple[int, Any, Any]] = []  # (result index, structure, graph)
     for item in items:
         label = str(item) if isinstance(item, str | os.PathLike) else None
-        res = Prediction({
-            "file": label,
-            "id": None,
-            "formula": None,
-            "error": None,
-            "warnings": [],
-            "model": provenance,
-            "theory": THEORIES[theory_input],
-            "lattice_A": None,
-            "symmetry": None,
-        })
+        res = Prediction(
+            {
+                "file": label,
+                "id": None,
+                "formula": None,
+                "error": None,
+                "warnings": [],
+                "model": provenance,
+                "theory": THEORIES[theory_input],
+                "lattice_A": None,
+                "symmetry": None,
+            }
+        )
         try:
             name, s = _as_structure(item)
             _check_structure(s)
@@ -601,9 +598,9 @@ def predict(
                 res["symmetry"]["symmetrized"] = False
             good.append((len(results), s, g, rotations if symmetrize else None))
         except (PredictError, graph_mod.GraphError, ValueError) as e:
-            res["error"] = str(e) if str(e) else _short(e)
+            res["error"] = str(e) if str(e) else short_error(e)
         except Exception as e:  # pymatgen and friends raise many types on odd input
-            res["error"] = f"cannot use this structure: {_short(e)}"
+            res["error"] = f"cannot use this structure: {short_error(e)}"
         results.append(res)
 
     done = 0
@@ -615,7 +612,7 @@ def predict(
         try:
             irreps = model.predict_irreps(graphs, batch_size, theory_input, buckets)  # (M, n, 21)
         except Exception as e:  # e.g. out of memory: retry one by one, so only the culprit fails
-            irreps, batch_error = None, _short(e)
+            irreps, batch_error = None, short_error(e)
         for j, (i, _s, g, rotations) in enumerate(chunk):
             try:
                 one = (
@@ -627,7 +624,7 @@ def predict(
                 results[i].update(_finish(voigts, rotations, model.sigma_scale))
                 results[i]["warnings"] += domain.ensemble_warnings(voigts)
             except Exception as e:  # non-finite output, singular tensor, model failure
-                results[i]["error"] = f"prediction failed: {_short(e)}" + (
+                results[i]["error"] = f"prediction failed: {short_error(e)}" + (
                     f" (its batch of {len(chunk)} had failed first: {batch_error})"
                     if batch_error
                     else ""
@@ -680,8 +677,7 @@ def _finish(
     props = tensors.derived_properties(mean)
     if not all(np.isfinite(props[k]) for k in ("K_VRH_GPa", "G_VRH_GPa")):
         raise ValueError(
-            "the model gave an extreme tensor (condition number beyond float64); "
-            "no finite moduli"
+            "the model gave an extreme tensor (condition number beyond float64); no finite moduli"
         )
     out: dict[str, Any] = {
         "voigt_GPa": mean,

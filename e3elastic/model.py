@@ -65,6 +65,7 @@ __all__ = [
 #: Irreps of the elasticity tensor: 2 scalars, 2 quadrupoles and 1 hexadecapole (21 numbers).
 OUTPUT_IRREPS = e3nn.Irreps("2x0e+2x2e+1x4e")
 
+
 def edge_vectors(inputs: dict[str, jax.Array]) -> jax.Array:
     """``(E, 3)`` edge vectors (Angstrom): ``pos[recv] - pos[send] + shift @ lattice[graph]``."""
     pos = inputs["positions"]

@@ -119,9 +119,7 @@ class Prediction(dict):
 def to_json_ready(result: dict[str, Any], cartesian: bool = False) -> dict[str, Any]:
     """Arrays as nested lists, NaN as None (also inside nested dicts and lists); drops the
     81-number Cartesian tensor unless asked."""
-    return {
-        k: _plain(v) for k, v in result.items() if cartesian or k != "cartesian_GPa"
-    }
+    return {k: _plain(v) for k, v in result.items() if cartesian or k != "cartesian_GPa"}
 
 
 def _plain(x: Any) -> Any:

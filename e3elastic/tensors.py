@@ -176,9 +176,7 @@ def _check_rotations(R, name: str = "rotation") -> np.ndarray:
     _check_trailing(r, (3, 3), name)
     err = np.abs(np.swapaxes(r, -1, -2) @ r - np.eye(3))
     if r.size and err.max() > 1e-6:
-        raise ValueError(
-            f"{name} must be orthogonal (R^T R = I); max deviation {err.max():.3g}"
-        )
+        raise ValueError(f"{name} must be orthogonal (R^T R = I); max deviation {err.max():.3g}")
     return r
 
 

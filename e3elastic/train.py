@@ -58,11 +58,12 @@ from . import graph as graph_mod
 from . import metrics as metrics_mod
 from . import tensors
 from .config import Config, theory_index
+from .errors import E3ElasticError
 
 __all__ = ["Prepared", "TrainingError", "prepare_data", "train_and_evaluate"]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(E3ElasticError, RuntimeError):
     """Training cannot go on (bad data, non-finite loss); the message says why."""
 
 
@@ -186,9 +187,7 @@ def prepare_data(config: Config, dataset=None, log=_log) -> Prepared:
         dropped += bad
         graphs[part], records[part] = gs, good
         irreps[part] = (
-            targets_from_voigt(np.stack([r.voigt for r in good]), mc)
-            if good
-            else np.zeros((0, 21))
+            targets_from_voigt(np.stack([r.voigt for r in good]), mc) if good else np.zeros((0, 21))
         )
         theory[part] = theory_indices(good, config)
     if not graphs["train"]:
@@ -278,9 +277,7 @@ def volume_augmentation(config: Config, stats: dict[str, np.ndarray]):
         n_graph = inputs["lattice"].shape[0]
         k_scale, k_pick = jax.random.split(key)
         s = jax.random.uniform(k_scale, (n_graph,), dtype, 1.0 - a, 1.0 + a)
-        picked = (jax.random.uniform(k_pick, (n_graph,), dtype) < fraction) & inputs[
-            "graph_mask"
-        ]
+        picked = (jax.random.uniform(k_pick, (n_graph,), dtype) < fraction) & inputs["graph_mask"]
         s = jnp.where(picked, s, 1.0)  # (G,)
         inputs = dict(
             inputs,
@@ -375,14 +372,10 @@ def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None):
         def body(carry, x):
             j, step = x
             take = lambda a: jax.lax.dynamic_index_in_dim(a, j, 0, keepdims=False)  # noqa: E731
-            p, o, loss, per_graph = step_fn(
-                *carry, jax.tree.map(take, inputs), take(targets), step
-            )
+            p, o, loss, per_graph = step_fn(*carry, jax.tree.map(take, inputs), take(targets), step)
             return (p, o), (loss, ~jnp.isfinite(per_graph))
 
-        (params, opt_state), (losses, bad) = jax.lax.scan(
-            body, (params, opt_state), (order, steps)
-        )
+        (params, opt_state), (losses, bad) = jax.lax.scan(body, (params, opt_state), (order, steps))
         if mesh is not None:
             from jax.sharding import NamedSharding, PartitionSpec
 

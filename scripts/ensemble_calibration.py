@@ -55,12 +55,8 @@ def main() -> int:
         "test_crystals": len(test.records),
         "ensemble_metrics": metrics.tensor_metrics(test.mean, test.true),
         "member_metrics": members,
-        "coverage_raw": {
-            s: evaluation.coverage(p) for s, p in parts.items()
-        },
-        "coverage_calibrated": {
-            s: evaluation.coverage(p, scale) for s, p in parts.items()
-        },
+        "coverage_raw": {s: evaluation.coverage(p) for s, p in parts.items()},
+        "coverage_calibrated": {s: evaluation.coverage(p, scale) for s, p in parts.items()},
     }
     (folder / "calibration.json").write_text(json.dumps(out, indent=2))
     em = out["ensemble_metrics"]
@@ -71,8 +67,10 @@ def main() -> int:
         + ", ".join(f"{m['rel_frobenius']:.3f}" for m in members)
     )
     print("sigma scale: " + ", ".join(f"{k} x{v:.2f}" for k, v in scale.items()))
-    print("| split | quantity | n | raw 1 sigma | raw 2 sigma | calibrated 1 sigma | "
-          "calibrated 2 sigma |")
+    print(
+        "| split | quantity | n | raw 1 sigma | raw 2 sigma | calibrated 1 sigma | "
+        "calibrated 2 sigma |"
+    )
     print("|---|---|---|---|---|---|---|")
     for split in parts:
         for q in evaluation.SIGMA_QUANTITIES:

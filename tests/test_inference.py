@@ -54,10 +54,6 @@ def ensemble_dir(tmp_path_factory):
     return root
 
 
-
-
-
-
 def _rand_rotation(seed):
     q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))
@@ -360,19 +356,29 @@ def _cubic_data_file(path):
         return v.tolist()
 
     rows = [
-        ("t-nacl", Structure.from_spacegroup(
-            "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-        ), cubic(49, 13, 13)),
-        ("t-mgo", Structure.from_spacegroup(
-            "Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-        ), cubic(297, 95, 156)),
-        ("t-cscl", Structure(
-            Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-        ), cubic(36, 9, 8)),
+        (
+            "t-nacl",
+            Structure.from_spacegroup(
+                "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+            ),
+            cubic(49, 13, 13),
+        ),
+        (
+            "t-mgo",
+            Structure.from_spacegroup(
+                "Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+            ),
+            cubic(297, 95, 156),
+        ),
+        (
+            "t-cscl",
+            Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+            cubic(36, 9, 8),
+        ),
     ]
-    path.write_text(json.dumps(
-        [{"id": i, "structure": s.as_dict(), "voigt_GPa": v} for i, s, v in rows]
-    ))
+    path.write_text(
+        json.dumps([{"id": i, "structure": s.as_dict(), "voigt_GPa": v} for i, s, v in rows])
+    )
     return path
 
 
@@ -396,8 +402,9 @@ def test_evaluate_takes_names_and_ensembles_and_writes_per_crystal(
     maes = [c["mae_voigt_GPa"] for c in rep["crystals"]]
     assert rep["metrics"]["mae_voigt_GPa"] == pytest.approx(np.mean(maes))
     csv_out = tmp_path / "eval.csv"
-    rc = cli.main(["evaluate", "--model", str(ensemble_dir), "--data", str(data),
-                   "--out", str(csv_out)])
+    rc = cli.main(
+        ["evaluate", "--model", str(ensemble_dir), "--data", str(data), "--out", str(csv_out)]
+    )
     assert rc == 0 and "within 2 sigma" in capsys.readouterr().out
     lines = csv_out.read_text().strip().splitlines()
     assert len(lines) == 4 and "K_VRH_std_GPa" in lines[0]

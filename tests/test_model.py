@@ -31,8 +31,6 @@ def _nacl():
     )
 
 
-
-
 def _real_structures():
     """A few real stored structures of different crystal systems (matminer 2015)."""
     import gzip
@@ -84,8 +82,6 @@ class Runner:
 @pytest.fixture(scope="module")
 def run():
     return Runner()
-
-
 
 
 def _rel(a, b):

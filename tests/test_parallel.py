@@ -53,7 +53,10 @@ def _run(tmp_path, name, n_devices, loop="scan"):
     workdir = tmp_path / name
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(f), str(workdir), str(tmp_path / "cache"), loop],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])

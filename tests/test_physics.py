@@ -94,9 +94,7 @@ def test_predictions_are_positive_definite(model, rng):
     structures = [str(p) for p in examples] + list(unseen_crystals().values())
     # random valid structures: random cells of 1-4 atoms of random elements, no two atoms
     # closer than 1.8 Angstrom
-    symbols = (
-        "H Li C N O F Na Mg Al Si S Cl K Ca Ti Fe Cu Zn Sr Zr Ag Sn Ba W Pb Xe Ce".split()
-    )
+    symbols = "H Li C N O F Na Mg Al Si S Cl K Ca Ti Fe Cu Zn Sr Zr Ag Sn Ba W Pb Xe Ce".split()
     while len(structures) < len(examples) + 6 + 24:
         n = int(rng.integers(1, 5))
         lengths = rng.uniform(2.5, 6.0, 3)

@@ -77,7 +77,6 @@ CALL_LIMIT_S = 30.0  # hostile input: the most one call may take
 SUBPROCESS_TIMEOUT_S = 300.0
 
 
-
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
@@ -108,8 +107,6 @@ def time_limit(seconds: float = CALL_LIMIT_S):
 
 def _quiet(msg: str) -> None:
     pass
-
-
 
 
 def _rocksalt(a_el, b_el, a):

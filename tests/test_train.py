@@ -467,8 +467,9 @@ def test_plan_is_fixed_and_epoch_order_permutes_buckets_and_steps(sizes_dataset)
     assert len(plan) == 2  # both loops see several shapes
     ids = sorted(i for bs in plan for st in bs.steps for sub in st.ids for i in sub)
     assert ids == sorted(r.id for r in prep.records["train"])
-    assert all(tuple(st.inputs["species"].shape) == (bs.bucket.n_node,) for bs in plan
-               for st in bs.steps)
+    assert all(
+        tuple(st.inputs["species"].shape) == (bs.bucket.n_node,) for bs in plan for st in bs.steps
+    )
     orders = [train.epoch_order(plan, 0, e) for e in range(6)]
     for order in orders:  # every step of every bucket once, bucket after bucket
         assert sorted(b for b, _ in order) == list(range(len(plan)))
