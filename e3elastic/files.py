@@ -22,6 +22,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             if callable(data):
                 data(fh)
@@ -34,3 +35,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the old file's, else 0o666 less umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -48,3 +48,13 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]  # no temporary left behind
     atomic_write(path, b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
+
+
+def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
+    plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
+    plain.write_text("x")
+    atomic_write(atomic, "x")
+    assert atomic.stat().st_mode == plain.stat().st_mode
+    atomic.chmod(0o600)
+    atomic_write(atomic, "y")  # an existing file keeps its mode
+    assert atomic.stat().st_mode & 0o777 == 0o600
