@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from e3elastic import tensors
+from e3elastic import graph, tensors
 from e3elastic.config import Config
 from e3elastic.errors import short_error
 from e3elastic.files import atomic_write
@@ -67,14 +67,22 @@ _SOURCE_RANK = {"matminer2015": 0, "matten": 1, "mp-api": 2, "user": 3, "strainn
 
 
 def _check_geometry(structure: Any, cutoff: float) -> None:
-    centers, _, _, dist = structure.get_neighbor_list(cutoff)
+    """Every site has a neighbour within ``cutoff`` and none closer than
+    :data:`_OVERLAP_DISTANCE` (Angstrom); raises :class:`_EntryError` otherwise."""
+    try:
+        senders, _, _, dist = graph.neighbour_list(
+            structure.cart_coords, structure.lattice.matrix, cutoff
+        )
+    except graph.GraphError as err:  # coincident sites, or a degenerate or too thin cell
+        kind = "overlapping atoms" if "overlap" in str(err) else "unparseable structure"
+        raise _EntryError(f"{kind}: {short_error(err, 120, with_type=False)}") from None
     if dist.size and dist.min() < _OVERLAP_DISTANCE:
-        i = int(centers[np.argmin(dist)])
+        i = int(senders[np.argmin(dist)])
         raise _EntryError(
             f"overlapping atoms: site {i} has a neighbour at {dist.min():.3f} Å "
             f"(< {_OVERLAP_DISTANCE} Å)"
         )
-    lonely = np.setdiff1d(np.arange(len(structure)), centers)
+    lonely = np.setdiff1d(np.arange(len(structure)), senders)
     if lonely.size:
         i = int(lonely[0])
         raise _EntryError(
