@@ -171,12 +171,41 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     try:
         if args.data_command == "summary":
-            return data.cli_summary(args, _config_from_args(args, _SUMMARY_OPTIONS))
+            return _data_summary(args)
         if args.data_command == "fetch-mp":
-            return data.cli_fetch_mp(args)
+            return _data_fetch_mp(args)
     except data.DataError as err:
         raise CLIError(str(err)) from None
     raise CLIError("usage: e3elastic data {summary,fetch-mp} ...")
+
+
+def _data_summary(args: argparse.Namespace) -> int:
+    """``e3elastic data summary``: print the report (table, or JSON with ``--json``) of the
+    dataset a training run of ``--config`` (with the options given) sees."""
+    from e3elastic import data
+
+    ds = data.load_for_config(
+        _config_from_args(args, _SUMMARY_OPTIONS),
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(ds.report, indent=2))
+    else:
+        print(data.format_report(ds.report))
+    if args.save_split:
+        ds.save_split(args.save_split)
+    return 0
+
+
+def _data_fetch_mp(args: argparse.Namespace) -> int:
+    """``e3elastic data fetch-mp --out FILE [--limit N]``."""
+    from e3elastic import data
+
+    written, skipped = data.fetch_mp(args.out, limit=args.limit)
+    print(f"wrote {written} entries to {args.out} ({skipped} skipped)")
+    return 0
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import data as data_mod
-from . import metrics, tensors
+from . import metrics, runtime, tensors
 from .errors import E3ElasticError
 from .inference import Model, PredictError, load_model
 
@@ -106,7 +106,7 @@ def predict_records(model: Model, records, batch_size: int = 8, log=None) -> Eva
     from .config import theory_index
     from .train import graphs_for_records
 
-    cache = data_mod._cache_dir(None) / "graphs"
+    cache = runtime.cache_root() / "graphs"
     kwargs = {} if log is None else {"log": log}
     good, graphs, bad = graphs_for_records(records, model.config.model.cutoff, cache, **kwargs)
     if model.config.model.n_theories:

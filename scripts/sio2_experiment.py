@@ -47,10 +47,7 @@ def main() -> int:
     )
     if args.data:
         cfg = cfg.override([f"data.data={json.dumps(args.data)}"])
-    dc = cfg.data
-    ds = data.load_dataset(
-        dc.data, subset="sio2", max_sites=dc.max_sites, cutoff=cfg.model.cutoff, seed=dc.seed
-    )
+    ds = data.load_for_config(cfg)
     zeolite_ids = {r.id for r in ds.records if r.theory == "B3LYP-D2"}
     mp = [r for r in ds.records if r.theory != "B3LYP-D2"]
     split = {k: [i for i in v if i in zeolite_ids] for k, v in ds.split.items()}

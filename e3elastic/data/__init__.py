@@ -1,0 +1,115 @@
+"""Elastic-tensor datasets: read, frame-align, validate, de-duplicate and split.
+
+Every reader returns :class:`Record` objects: one crystal (a pymatgen ``Structure``, lengths in
+Angstrom) with its 6x6 Voigt stiffness in GPa (order 11, 22, 33, 23, 13, 12; no factors of 2,
+the convention of :mod:`e3elastic.tensors`). :func:`load_dataset` turns a folder (or a file)
+into a :class:`Dataset`:
+
+1. **read** every JSON file (plain or gzip); the format is detected from the content;
+2. **validate** each entry: ordered sites, at most ``max_sites`` sites, no isolated or
+   overlapping atoms within ``cutoff``, a positive-definite tensor (Born stability), and a
+   tensor that is invariant, within ``tolerance``, under the structure's point group;
+3. **align**: when the structure as given fails that symmetry check, it is rotated into the
+   orientation of its conventional standard cell, else into the IEEE frame of its tensor
+   (pymatgen ``Tensor.get_ieee_rotation``), and kept if one of them passes. The check cannot
+   see a permutation of inequivalent axes (orthorhombic a<->b) or a rotation about a
+   monoclinic axis; the conventional frame is tried first because on the 102 materials that
+   matminer 2015 and StrainNet share with identical tensors it agrees with matminer's frame
+   for 96 of them (IEEE first: 81; the IEEE frame alone after "as given": 90);
+4. **de-duplicate** across sources: by id, then by ``StructureMatcher`` within one reduced
+   formula and one level of theory; the more precise copy wins (StrainNet is rounded to 1 GPa);
+5. **split** deterministically by a seeded sha256 of the id (or of the reduced formula).
+
+Steps 1-4 are cached on disk as gzipped JSON, keyed by the input bytes and the options.
+Every entry that is not kept is listed in ``Dataset.dropped`` with its reason.
+
+>>> ds = load_dataset("../shared/data", subset="pbe")        # doctest: +SKIP
+>>> train = ds.part("train")                                 # doctest: +SKIP
+>>> print(format_report(ds.report))                          # doctest: +SKIP
+
+Formats read (see ``shared/data/SOURCES.md``): matminer ``elastic_tensor_2015`` (pandas
+``split`` orient), StrainNet ``mp_*_clean.json`` (columns keyed by material id, P1 CIF strings,
+values rounded to whole GPa), MatTen (the n100 example and the full release: columns
+``structure, formula_pretty, crystal_system, elastic_tensor[_full], elastic_tensor_voigt``, as
+pandas ``columns`` orient or as a list of rows), the Coudert SiO2 zeolites (list of dicts with
+``framework`` and ``elastic_tensor_voigt_GPa``), and the user format below.
+
+User JSON format
+----------------
+A JSON list (the file may be gzipped) of objects::
+
+    [
+      {
+        "id": "mp-149",                  # unique string (default "<file stem>:<index>")
+        "structure": {...},              # pymatgen Structure.as_dict() ...
+        "cif": "data_Si ...",            # ... or a CIF string (one of the two)
+        "voigt_GPa": [[...], ...],       # 6x6 Voigt stiffness in GPa, order 11 22 33 23 13 12
+        "theory": "PBE",                 # optional, default "PBE"
+        "source": "my-lab",              # optional, default "user"
+        "precision_GPa": 0.01            # optional: rounding step of the values, GPa
+      }
+    ]
+
+``e3elastic data fetch-mp --out FILE`` writes this format from the Materials Project.
+
+Modules
+-------
+``records`` (:class:`Record`, :class:`Dropped`, :func:`write_records`), ``readers`` (one
+function per format, :func:`read_file`, :func:`mp_doc_to_record`), ``frames`` (point groups and
+frame alignment), ``dataset`` (validation, de-duplication, subsets, splits, :func:`load_dataset`),
+``cache`` (processed data on disk), ``report`` (:func:`format_report`), ``mp`` (Materials
+Project download).
+"""
+
+from __future__ import annotations
+
+from .cache import FORMAT_VERSION
+from .cache import cache_folder as _cache_dir  # noqa: F401 (train.py; use runtime.cache_root)
+from .dataset import (
+    HOLDOUTS,
+    SPLIT_NAMES,
+    SUBSETS,
+    Dataset,
+    assign_split,
+    deduplicate,
+    load_dataset,
+    load_for_config,
+    load_split,
+    select_subset,
+    validate,
+)
+from .frames import SYMPREC, conventional_rotation, ieee_rotation, rotate_structure
+from .mp import fetch_mp, fetch_mp_structure
+from .readers import FileResult, mp_doc_to_record, read_file
+from .records import REASONS, DataError, Dropped, Record, write_records
+from .report import format_report
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SUBSETS",
+    "HOLDOUTS",
+    "SPLIT_NAMES",
+    "SYMPREC",
+    "REASONS",
+    "DataError",
+    "Record",
+    "Dropped",
+    "FileResult",
+    "Dataset",
+    "read_file",
+    "mp_doc_to_record",
+    "conventional_rotation",
+    "ieee_rotation",
+    "rotate_structure",
+    "validate",
+    "deduplicate",
+    "assign_split",
+    "select_subset",
+    "load_dataset",
+    "load_for_config",
+    "load_split",
+    "write_records",
+    "fetch_mp",
+    "fetch_mp_structure",
+    "format_report",
+]
