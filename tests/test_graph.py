@@ -234,6 +234,15 @@ def test_one_atom_cell_bonds_to_its_own_images():
     assert sorted(np.bincount(n2).tolist()) == sorted([0, 6, 12, 8, 6, 24])
 
 
+def test_edges_at_exactly_the_cutoff_are_kept():
+    """a = 2 with cutoff 2 or 4: the images at exactly the cutoff are edges (d <= cutoff)."""
+    for cutoff, n_edge in [(2.0, 6), (4.0, 6 + 12 + 8 + 6)]:
+        g = G.build_graph(np.zeros((1, 3)), 2.0 * np.eye(3), [26], cutoff)
+        assert g.n_edge == n_edge
+        *_, dist = G.neighbour_list(np.zeros((1, 3)), 2.0 * np.eye(3), cutoff)
+        assert dist.max() == cutoff
+
+
 @pytest.mark.parametrize(
     ("key", "cutoff"),
     [*((k, 5.0) for k in REAL_IDS), ("mp-10015", 7.5), ("mp-10021", 3.0), (ZEOLITE_ID, 5.0)],

@@ -2,6 +2,11 @@
 
 Also the checks of its inputs (cutoff, lattice, positions) and :class:`GraphError`, which every
 part of :mod:`e3elastic.graph` raises.
+
+The search is dense numpy, vectorised over receivers and images. vesin's cell list gives the same
+lists bit for bit and is much faster on cells of 400 or more sites, but not on this data set
+(at most 200 sites), and importing vesin imports torch wherever torch is installed (about 4 s
+on every start of ``e3elastic predict``); benchmarks/bench_neighbours.py measures both.
 """
 
 from __future__ import annotations
