@@ -25,6 +25,7 @@ import pytest
 from conftest import random_rotation, require_data
 
 from e3elastic import graph as G
+from e3elastic.graph import cache as graph_cache
 
 MATMINER = "matminer_elastic_tensor_2015.json.gz"
 ZEOLITES = "coudert_zeolites_sio2_b3lyp_d2_combined.json.gz"
@@ -231,6 +232,15 @@ def test_one_atom_cell_bonds_to_its_own_images():
     assert np.all(g.senders == 0) and np.all(g.receivers == 0)
     n2 = np.sum(g.cell_shifts.astype(int) ** 2, axis=1)
     assert sorted(np.bincount(n2).tolist()) == sorted([0, 6, 12, 8, 6, 24])
+
+
+def test_edges_at_exactly_the_cutoff_are_kept():
+    """a = 2 with cutoff 2 or 4: the images at exactly the cutoff are edges (d <= cutoff)."""
+    for cutoff, n_edge in [(2.0, 6), (4.0, 6 + 12 + 8 + 6)]:
+        g = G.build_graph(np.zeros((1, 3)), 2.0 * np.eye(3), [26], cutoff)
+        assert g.n_edge == n_edge
+        *_, dist = G.neighbour_list(np.zeros((1, 3)), 2.0 * np.eye(3), cutoff)
+        assert dist.max() == cutoff
 
 
 @pytest.mark.parametrize(
@@ -775,7 +785,7 @@ def test_cached_build_is_identical_and_read_back(tmp_path, small_items, monkeypa
     def boom(*a, **k):
         raise AssertionError("rebuilt although the cache is valid")
 
-    monkeypatch.setattr(G, "structure_to_graph", boom)
+    monkeypatch.setattr(graph_cache, "structure_to_graph", boom)
     second = G.build_graphs_cached(items, 5.0, tmp_path)
     _assert_same_graphs(second, fresh)
     assert _npz_files(tmp_path) == [path]
@@ -900,7 +910,7 @@ def test_stale_format_version_is_rebuilt(tmp_path, small_items, monkeypatch):
     expected = G.build_graphs_cached(items, 5.0)
     key = G.dataset_key(items, 5.0)
     path = tmp_path / f"graphs-{key[:32]}.npz"
-    monkeypatch.setattr(G, "CACHE_FORMAT_VERSION", G.CACHE_FORMAT_VERSION + 1)
+    monkeypatch.setattr(graph_cache, "CACHE_FORMAT_VERSION", G.CACHE_FORMAT_VERSION + 1)
     G.save_graphs(path, expected[:2], key)  # a file from "another version", with the same key
     monkeypatch.undo()
     with pytest.raises(G.GraphError, match="format"):
