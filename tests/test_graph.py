@@ -917,3 +917,11 @@ def test_stale_format_version_is_rebuilt(tmp_path, small_items, monkeypatch):
         G.load_graphs(path)
     _assert_same_graphs(G.build_graphs_cached(items, 5.0, tmp_path), expected)
     _assert_same_graphs(G.load_graphs(path, key), expected)
+
+
+def test_coincident_sites_raise_the_overlap_error_and_only_they_do():
+    with pytest.raises(G.OverlapError):
+        G.build_graph(np.array([[0.0, 0, 0], [1e-5, 0, 0]]), 3.0 * np.eye(3), [6, 6], 2.5)
+    with pytest.raises(G.GraphError) as err:  # a lattice with zero volume is another error
+        G.build_graph(np.zeros((1, 3)), np.diag([3.0, 3.0, 0.0]), [6], 2.5)
+    assert not isinstance(err.value, G.OverlapError)

@@ -74,7 +74,9 @@ def _check_geometry(structure: Any, cutoff: float) -> None:
             structure.cart_coords, structure.lattice.matrix, cutoff
         )
     except graph.GraphError as err:  # coincident sites, or a degenerate or too thin cell
-        kind = "overlapping atoms" if "overlap" in str(err) else "unparseable structure"
+        kind = (
+            "overlapping atoms" if isinstance(err, graph.OverlapError) else "unparseable structure"
+        )
         raise _EntryError(f"{kind}: {short_error(err, 120, with_type=False)}") from None
     if dist.size and dist.min() < _OVERLAP_DISTANCE:
         i = int(senders[np.argmin(dist)])

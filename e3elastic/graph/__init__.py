@@ -56,7 +56,7 @@ from .crystal import (
     species_index,
     structure_to_graph,
 )
-from .neighbours import DEFAULT_CUTOFF, GraphError, neighbour_list
+from .neighbours import DEFAULT_CUTOFF, GraphError, OverlapError, neighbour_list
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -67,6 +67,7 @@ __all__ = [
     "Bucket",
     "CrystalGraph",
     "GraphError",
+    "OverlapError",
     "atomic_numbers",
     "batches",
     "build_graph",

@@ -36,6 +36,10 @@ class GraphError(E3ElasticError, ValueError):
     """A structure cannot be turned into a graph (or graphs into a batch)."""
 
 
+class OverlapError(GraphError):
+    """Two sites (or a site and a periodic image) coincide."""
+
+
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
@@ -170,7 +174,7 @@ def _check_no_overlap(senders, receivers, cell_shifts, dist, name: str) -> None:
     close = np.flatnonzero(dist < _MIN_DISTANCE)
     if close.size:
         e = int(close[0])
-        raise GraphError(
+        raise OverlapError(
             f"{name}: sites {int(senders[e])} and {int(receivers[e])} (shift "
             f"{cell_shifts[e].tolist()}) overlap: distance {dist[e]:.2e} Å"
         )
