@@ -53,6 +53,7 @@ from .moduli import (
 )
 from .voigt import (
     MANDEL_IDENTITY_VOIGT,
+    MANDEL_WEIGHTS,
     SYMMETRY_RTOL,
     VOIGT_PAIRS,
     _any_to_cartesian,
@@ -75,6 +76,7 @@ __all__ = [
     "IRREP_LAYOUT",
     "IRREP_SLICES",
     "MANDEL_IDENTITY_VOIGT",
+    "MANDEL_WEIGHTS",
     "N_IRREPS",
     "SYMMETRY_RTOL",
     "VOIGT_PAIRS",

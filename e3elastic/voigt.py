@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "MANDEL_IDENTITY_VOIGT",
+    "MANDEL_WEIGHTS",
     "SYMMETRY_RTOL",
     "VOIGT_PAIRS",
     "cartesian_to_voigt",
@@ -32,7 +33,8 @@ VOIGT_PAIRS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 
 
 # Cartesian pair (i, j) -> Voigt index.
 _PAIR_TO_VOIGT = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
-_MANDEL_W = np.array([1.0, 1.0, 1.0, math.sqrt(2.0), math.sqrt(2.0), math.sqrt(2.0)])
+#: Mandel weight of each Voigt index: 1 for normal, sqrt(2) for shear components.
+MANDEL_WEIGHTS = np.array([1.0, 1.0, 1.0, math.sqrt(2.0), math.sqrt(2.0), math.sqrt(2.0)])
 
 # Relative tolerance for index-symmetry checks. Tensors read from files are often rounded,
 # but a genuinely asymmetric tensor differs by far more than this.
@@ -143,13 +145,13 @@ def cartesian_to_voigt(C) -> np.ndarray:
 def voigt_to_mandel(C_voigt) -> np.ndarray:
     """Voigt stiffness -> Mandel matrix: normal-shear x sqrt(2), shear-shear x 2."""
     v = _check_voigt(C_voigt)
-    return v * _MANDEL_W[:, None] * _MANDEL_W[None, :]
+    return v * MANDEL_WEIGHTS[:, None] * MANDEL_WEIGHTS[None, :]
 
 
 def mandel_to_voigt(C_mandel) -> np.ndarray:
     """Mandel matrix -> Voigt stiffness (inverse of :func:`voigt_to_mandel`)."""
     m = _check_voigt(C_mandel, "Mandel matrix")
-    return m / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
+    return m / (MANDEL_WEIGHTS[:, None] * MANDEL_WEIGHTS[None, :])
 
 
 def log_voigt(C_voigt, reference: float = 1.0) -> np.ndarray:
@@ -238,5 +240,5 @@ def compliance_cartesian(C) -> np.ndarray:
 
 
 def _compliance_cartesian(s_mandel: np.ndarray) -> np.ndarray:
-    s_plain = s_mandel / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
+    s_plain = s_mandel / (MANDEL_WEIGHTS[:, None] * MANDEL_WEIGHTS[None, :])
     return s_plain[..., _PAIR_TO_VOIGT[:, :, None, None], _PAIR_TO_VOIGT[None, None, :, :]]
