@@ -55,7 +55,7 @@ from .bundle import CheckpointError, bundle_dirs, load_bundle
 from .config import THEORIES, Config, theory_index
 from .errors import short_error
 from .interface import predict_irreps, voigt_from_outputs
-from .prediction import RESULT_KEYS, Prediction, to_json_ready
+from .prediction import RESULT_KEYS, Prediction, tensor_fields, to_json_ready
 from .programs import StoredPrograms, inference_buckets
 from .structures import (
     MAX_FRACTIONAL,
@@ -448,12 +448,7 @@ def _result_fields(
         raise ValueError(
             "the model gave an extreme tensor (condition number beyond float64); no finite moduli"
         )
-    out: dict[str, Any] = {
-        "voigt_GPa": mean,
-        "cartesian_GPa": tensors.voigt_to_cartesian(mean),
-    }
-    for k, v in props.items():
-        out[k] = bool(v) if k == "born_stable" else float(v)
+    out = tensor_fields(mean, props)
     if len(voigts) > 1:
         k_all = tensors.bulk_modulus(voigts)["hill"]
         g_all = tensors.shear_modulus(voigts)["hill"]
