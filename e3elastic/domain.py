@@ -96,9 +96,29 @@ def structure_warnings(structure, graph, training_set: dict[str, Any] | None = N
     """Domain warnings for one structure and its crystal graph (:mod:`e3elastic.graph`)."""
     from . import graph as graph_mod
 
-    out: list[str] = []
     z = graph_mod.atomic_numbers(graph.species)
     symbols = [graph_mod.SYMBOLS[i] for i in graph.species]
+    out = _element_warnings(symbols, training_set)
+    gap, axis = _largest_gap(structure)
+    if gap >= VACUUM_GAP_A:
+        out.append(
+            f"vacuum: an empty band {gap:.1f} Å thick crosses the cell along reciprocal axis "
+            f"{'abc'[axis]}*; this looks like a slab, a molecule or a fragment in a box, not a "
+            "bulk crystal"
+        )
+    vpa = float(abs(np.linalg.det(graph.lattice))) / max(len(z), 1)
+    vmax = ((training_set or {}).get("volume_per_atom_A3") or {}).get("max")
+    if vmax and vpa > DENSITY_FACTOR * vmax:
+        out.append(
+            f"low-density: {vpa:.0f} Å^3 per atom, more than {DENSITY_FACTOR:g} times the "
+            f"largest in training ({vmax:.0f})"
+        )
+    return out + _neighbour_warnings(graph, z, symbols)
+
+
+def _element_warnings(symbols: list[str], training_set: dict[str, Any] | None) -> list[str]:
+    """``unseen-element`` and ``rare-element`` against the training set's element counts."""
+    out: list[str] = []
     counts = (training_set or {}).get("elements")
     if counts is not None:
         unseen = sorted({s for s in symbols if counts.get(s, 0) == 0})
@@ -113,21 +133,16 @@ def structure_warnings(structure, graph, training_set: dict[str, Any] | None = N
                 f"rare-element: fewer than {RARE_ELEMENT} training crystals contain "
                 f"{', '.join(rare)}"
             )
-    gap, axis = _largest_gap(structure)
-    if gap >= VACUUM_GAP_A:
-        out.append(
-            f"vacuum: an empty band {gap:.1f} Å thick crosses the cell along reciprocal axis "
-            f"{'abc'[axis]}*; this looks like a slab, a molecule or a fragment in a box, not a "
-            "bulk crystal"
-        )
+    return out
+
+
+def _neighbour_warnings(graph, z: np.ndarray, symbols: list[str]) -> list[str]:
+    """``short-distance``, ``isolated-atom`` and ``strained`` from the graph's edge lengths
+    relative to the sum of covalent radii."""
+    from . import graph as graph_mod
+
+    out: list[str] = []
     n = len(z)
-    vpa = float(abs(np.linalg.det(graph.lattice))) / max(n, 1)
-    vmax = ((training_set or {}).get("volume_per_atom_A3") or {}).get("max")
-    if vmax and vpa > DENSITY_FACTOR * vmax:
-        out.append(
-            f"low-density: {vpa:.0f} Å^3 per atom, more than {DENSITY_FACTOR:g} times the "
-            f"largest in training ({vmax:.0f})"
-        )
     radii = _covalent_radii()[z]
     length = np.linalg.norm(graph_mod.edge_vectors(graph), axis=-1)  # (E,)
     ratio = length / (radii[graph.senders] + radii[graph.receivers])

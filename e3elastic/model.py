@@ -43,7 +43,9 @@ from . import tensors
 from .config import ModelConfig
 from .interface import (
     INPUT_FIELDS,
+    INPUT_SPEC,
     batch_inputs,
+    dummy_inputs,
     irrep_stats,
     targets_from_voigt,
     voigt_from_outputs,
@@ -51,10 +53,12 @@ from .interface import (
 
 __all__ = [
     "INPUT_FIELDS",
+    "INPUT_SPEC",
     "OUTPUT_IRREPS",
     "ElasticityNet",
     "batch_inputs",
     "denormalise",
+    "dummy_inputs",
     "edge_vectors",
     "irrep_stats",
     "targets_from_voigt",
@@ -62,8 +66,9 @@ __all__ = [
     "voigt_from_outputs_jax",
 ]
 
-#: Irreps of the elasticity tensor: 2 scalars, 2 quadrupoles and 1 hexadecapole (21 numbers).
-OUTPUT_IRREPS = e3nn.Irreps("2x0e+2x2e+1x4e")
+#: Irreps of the elasticity tensor: 2 scalars, 2 quadrupoles and 1 hexadecapole (21 numbers),
+#: as laid out once in :data:`e3elastic.tensors.IRREP_LAYOUT`.
+OUTPUT_IRREPS = e3nn.Irreps(tensors.IRREPS)
 
 
 def edge_vectors(inputs: dict[str, jax.Array]) -> jax.Array:
@@ -259,7 +264,7 @@ def voigt_from_outputs_jax(irreps: jax.Array, config: ModelConfig) -> jax.Array:
     v = cart[:, i[:, None], j[:, None], i[None, :], j[None, :]]  # (G, 6, 6)
     if config.head != "log":
         return v
-    w = jnp.asarray([1.0, 1.0, 1.0, np.sqrt(2.0), np.sqrt(2.0), np.sqrt(2.0)], irreps.dtype)
+    w = jnp.asarray(tensors.MANDEL_WEIGHTS, irreps.dtype)
     m = v * w[:, None] * w[None, :]
     m = jax.vmap(jax.scipy.linalg.expm)(m)
     return config.log_reference * m / (w[:, None] * w[None, :])

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import tensors
 
-__all__ = ["Prediction", "to_json_ready"]
+__all__ = ["Prediction", "tensor_fields", "to_json_ready"]
 
 #: Fields every result has; a failed structure has them as None.
 RESULT_KEYS = (
@@ -100,10 +100,7 @@ class Prediction(dict):
         out = cls(fields)
         out.setdefault("error", None)
         out.setdefault("warnings", [])
-        out["voigt_GPa"] = voigt
-        out["cartesian_GPa"] = tensors.voigt_to_cartesian(voigt)
-        for k, v in tensors.derived_properties(voigt).items():
-            out[k] = bool(v) if k == "born_stable" else float(v)
+        out.update(tensor_fields(voigt))
         return out
 
     @classmethod
@@ -114,6 +111,18 @@ class Prediction(dict):
         for k in RESULT_KEYS:
             out.setdefault(k, None)
         return out
+
+
+def tensor_fields(voigt: np.ndarray, props: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``voigt_GPa``, ``cartesian_GPa`` and the derived moduli (plain floats, ``born_stable`` a
+    bool) of one Voigt tensor (GPa); ``props``: its :func:`~e3elastic.tensors.derived_properties`
+    when already computed."""
+    voigt = np.asarray(voigt, np.float64)
+    props = tensors.derived_properties(voigt) if props is None else props
+    out: dict[str, Any] = {"voigt_GPa": voigt, "cartesian_GPa": tensors.voigt_to_cartesian(voigt)}
+    for k, v in props.items():
+        out[k] = bool(v) if k == "born_stable" else float(v)
+    return out
 
 
 def to_json_ready(result: dict[str, Any], cartesian: bool = False) -> dict[str, Any]:

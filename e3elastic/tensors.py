@@ -11,7 +11,8 @@ Conventions (used everywhere in e3elastic):
   (shear-shear) relative to the Cartesian ``S_ijkl``; its units are 1/GPa.
 * The irreducible form is a 21-vector ``2x0e + 2x2e + 1x4e`` in the basis of e3nn-jax's
   ``reduced_tensor_product_basis("ijkl=jikl=klij", i="1o")``: slices ``[0:2]`` (0e),
-  ``[2:12]`` (two 2e), ``[12:21]`` (4e). The basis is orthonormal, so the Frobenius norm
+  ``[2:12]`` (two 2e), ``[12:21]`` (4e), defined once here (:data:`IRREP_LAYOUT`,
+  :data:`IRREP_SLICES`). The basis is orthonormal, so the Frobenius norm
   of C equals the Euclidean norm of its irreps.
 
 Every function accepts leading batch axes. Invalid input (wrong shape, missing index
@@ -25,7 +26,9 @@ tensor in a batch does not spoil the others.
 >>> round(float(bulk_modulus(C)["hill"]), 6)
 100.0
 
-This module imports numpy only, so it can be used without JAX or pymatgen installed.
+The Voigt, Mandel and compliance forms live in :mod:`e3elastic.voigt` and the derived moduli in
+:mod:`e3elastic.moduli`; both are re-exported here. This module imports numpy only, so it can
+be used without JAX or pymatgen installed.
 """
 
 from __future__ import annotations
@@ -36,139 +39,103 @@ from itertools import product
 
 import numpy as np
 
+from .moduli import (
+    born_stability,
+    bulk_modulus,
+    derived_properties,
+    directional_youngs_modulus,
+    isotropic_voigt,
+    linear_compressibility,
+    poisson_ratio,
+    shear_modulus,
+    universal_anisotropy,
+    youngs_modulus,
+)
+from .voigt import (
+    MANDEL_IDENTITY_VOIGT,
+    MANDEL_WEIGHTS,
+    SYMMETRY_RTOL,
+    VOIGT_PAIRS,
+    _any_to_cartesian,
+    _array,
+    _check_cartesian,
+    _check_trailing,
+    cartesian_to_voigt,
+    compliance_cartesian,
+    compliance_voigt,
+    exp_voigt,
+    log_voigt,
+    mandel_to_voigt,
+    voigt_to_cartesian,
+    voigt_to_mandel,
+)
+
 __all__ = [
-    "VOIGT_PAIRS",
-    "voigt_to_cartesian",
-    "cartesian_to_voigt",
-    "voigt_to_mandel",
-    "mandel_to_voigt",
-    "log_voigt",
-    "exp_voigt",
-    "MANDEL_IDENTITY_VOIGT",
-    "compliance_voigt",
-    "compliance_cartesian",
-    "elasticity_basis",
-    "cartesian_to_irreps",
-    "irreps_to_cartesian",
-    "voigt_to_irreps",
-    "irreps_to_voigt",
     "IRREPS",
+    "IRREP_COPIES",
+    "IRREP_LAYOUT",
     "IRREP_SLICES",
+    "MANDEL_IDENTITY_VOIGT",
+    "MANDEL_WEIGHTS",
+    "N_IRREPS",
+    "SYMMETRY_RTOL",
+    "VOIGT_PAIRS",
+    "born_stability",
+    "bulk_modulus",
+    "cartesian_to_irreps",
+    "cartesian_to_voigt",
+    "compliance_cartesian",
+    "compliance_voigt",
+    "derived_properties",
+    "directional_youngs_modulus",
+    "elasticity_basis",
+    "exp_voigt",
+    "irreps_to_cartesian",
+    "irreps_to_voigt",
+    "isotropic_voigt",
+    "linear_compressibility",
+    "log_voigt",
+    "mandel_to_voigt",
+    "nearest_orthogonal",
+    "poisson_ratio",
     "rotate",
+    "shear_modulus",
     "symmetrize",
     "symmetry_residual",
-    "nearest_orthogonal",
-    "isotropic_voigt",
-    "bulk_modulus",
-    "shear_modulus",
-    "youngs_modulus",
-    "poisson_ratio",
     "universal_anisotropy",
-    "born_stability",
-    "directional_youngs_modulus",
-    "linear_compressibility",
-    "derived_properties",
+    "voigt_to_cartesian",
+    "voigt_to_irreps",
+    "voigt_to_mandel",
+    "youngs_modulus",
 ]
 
-#: Voigt index -> Cartesian pair, in the order 11, 22, 33, 23, 13, 12.
-VOIGT_PAIRS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-
-#: Irreps of the 21-vector, as a string e3nn-jax understands.
-IRREPS = "2x0e+2x2e+1x4e"
-#: Slices of the 21-vector by irrep kind.
-IRREP_SLICES = {"0e": slice(0, 2), "2e": slice(2, 12), "4e": slice(12, 21)}
-
-# Cartesian pair (i, j) -> Voigt index.
-_PAIR_TO_VOIGT = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
-_MANDEL_W = np.array([1.0, 1.0, 1.0, math.sqrt(2.0), math.sqrt(2.0), math.sqrt(2.0)])
-_COMPLIANCE_W = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
-
-# Relative tolerance for index-symmetry checks. Tensors read from files are often rounded,
-# but a genuinely asymmetric tensor differs by far more than this.
-SYMMETRY_RTOL = 1e-6
-
-
 # --------------------------------------------------------------------------------------
-# validation helpers
+# the irreps layout: the one definition (the network's output is checked against it)
 # --------------------------------------------------------------------------------------
-def _array(x, name: str) -> np.ndarray:
-    try:
-        a = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be an array of real numbers: {err}") from None
-    if a.size and not np.all(np.isfinite(a)):
-        bad = int(np.count_nonzero(~np.isfinite(a)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
-    return a
+#: The 21-vector of a stiffness, irrep by irrep: ``(multiplicity, l)``, all of even parity,
+#: in the order of :func:`elasticity_basis` (and of the network's output).
+IRREP_LAYOUT: tuple[tuple[int, int], ...] = ((2, 0), (2, 2), (1, 4))
+#: The same as a string e3nn-jax understands: ``"2x0e+2x2e+1x4e"``.
+IRREPS = "+".join(f"{m}x{l}e" for m, l in IRREP_LAYOUT)
+#: Length of the irreps vector (21).
+N_IRREPS = sum(m * (2 * l + 1) for m, l in IRREP_LAYOUT)
 
 
-def _check_trailing(a: np.ndarray, shape: tuple[int, ...], name: str) -> None:
-    if a.ndim < len(shape) or a.shape[a.ndim - len(shape) :] != shape:
-        want = "(..., " + ", ".join(map(str, shape)) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+def _layout_slices() -> tuple[dict[str, slice], tuple[tuple[int, slice], ...]]:
+    kinds: dict[str, slice] = {}
+    copies: list[tuple[int, slice]] = []
+    start = 0
+    for m, l in IRREP_LAYOUT:
+        width = 2 * l + 1
+        kinds[f"{l}e"] = slice(start, start + m * width)
+        copies += [(l, slice(start + k * width, start + (k + 1) * width)) for k in range(m)]
+        start += m * width
+    return kinds, tuple(copies)
 
 
-def _scale(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Largest magnitude per tensor, at least 1, for relative tolerances."""
-    return np.maximum(np.max(np.abs(a), axis=axes, keepdims=True), 1.0)
-
-
-def _check_voigt(C, name: str = "Voigt tensor") -> np.ndarray:
-    a = _array(C, name)
-    _check_trailing(a, (6, 6), name)
-    asym = np.abs(a - np.swapaxes(a, -1, -2))
-    if np.any(asym > SYMMETRY_RTOL * _scale(a, (-2, -1))):
-        raise ValueError(
-            f"{name} is not symmetric (max |C_IJ - C_JI| = {asym.max():.3g}); an elastic "
-            "stiffness has the major symmetry ij<->kl. Symmetrise it first, e.g. (C + C.T) / 2"
-        )
-    return a
-
-
-def _check_cartesian(C, name: str = "Cartesian tensor") -> np.ndarray:
-    a = _array(C, name)
-    _check_trailing(a, (3, 3, 3, 3), name)
-    n = a.ndim
-    tol = SYMMETRY_RTOL * _scale(a, (-4, -3, -2, -1))
-    perms = {
-        "ij (C_ijkl = C_jikl)": (n - 3, n - 4, n - 2, n - 1),
-        "kl (C_ijkl = C_ijlk)": (n - 4, n - 3, n - 1, n - 2),
-        "ij<->kl (C_ijkl = C_klij)": (n - 2, n - 1, n - 4, n - 3),
-    }
-    lead = tuple(range(n - 4))
-    for what, p in perms.items():
-        diff = np.abs(a - np.transpose(a, lead + p))
-        if np.any(diff > tol):
-            raise ValueError(
-                f"{name} lacks the index symmetry {what}: max deviation {diff.max():.3g}"
-            )
-    return a
-
-
-def _any_to_voigt(C, name: str = "elastic tensor") -> np.ndarray:
-    """Accept a Voigt (..., 6, 6) or Cartesian (..., 3, 3, 3, 3) tensor, return Voigt."""
-    a = _array(C, name)
-    if a.ndim >= 4 and a.shape[-4:] == (3, 3, 3, 3):
-        return cartesian_to_voigt(a)
-    if a.ndim >= 2 and a.shape[-2:] == (6, 6):
-        return _check_voigt(a, name)
-    raise ValueError(
-        f"{name} must have shape (..., 6, 6) (Voigt) or (..., 3, 3, 3, 3) (Cartesian), "
-        f"got {a.shape}"
-    )
-
-
-def _any_to_cartesian(C, name: str = "elastic tensor") -> tuple[np.ndarray, bool]:
-    """Return (Cartesian tensor, input_was_voigt)."""
-    a = _array(C, name)
-    if a.ndim >= 4 and a.shape[-4:] == (3, 3, 3, 3):
-        return _check_cartesian(a, name), False
-    if a.ndim >= 2 and a.shape[-2:] == (6, 6):
-        return voigt_to_cartesian(a), True
-    raise ValueError(
-        f"{name} must have shape (..., 6, 6) (Voigt) or (..., 3, 3, 3, 3) (Cartesian), "
-        f"got {a.shape}"
-    )
+#: Slices of the 21-vector by irrep kind: ``{"0e": 0:2, "2e": 2:12, "4e": 12:21}``;
+#: and ``(l, slice)`` of each copy: ``(0, 0:1), (0, 1:2), (2, 2:7), (2, 7:12), (4, 12:21)``.
+IRREP_SLICES, IRREP_COPIES = _layout_slices()
 
 
 def _check_rotations(R, name: str = "rotation") -> np.ndarray:
@@ -178,125 +145,6 @@ def _check_rotations(R, name: str = "rotation") -> np.ndarray:
     if r.size and err.max() > 1e-6:
         raise ValueError(f"{name} must be orthogonal (R^T R = I); max deviation {err.max():.3g}")
     return r
-
-
-# --------------------------------------------------------------------------------------
-# Voigt, Cartesian, Mandel, compliance
-# --------------------------------------------------------------------------------------
-def voigt_to_cartesian(C_voigt) -> np.ndarray:
-    """(..., 6, 6) Voigt stiffness -> (..., 3, 3, 3, 3) Cartesian stiffness (same units)."""
-    v = _check_voigt(C_voigt)
-    idx = _PAIR_TO_VOIGT
-    return v[..., idx[:, :, None, None], idx[None, None, :, :]]
-
-
-def cartesian_to_voigt(C) -> np.ndarray:
-    """(..., 3, 3, 3, 3) Cartesian stiffness -> (..., 6, 6) Voigt stiffness (same units)."""
-    c = _check_cartesian(C)
-    i = np.array([p[0] for p in VOIGT_PAIRS])
-    j = np.array([p[1] for p in VOIGT_PAIRS])
-    return c[..., i[:, None], j[:, None], i[None, :], j[None, :]]
-
-
-def voigt_to_mandel(C_voigt) -> np.ndarray:
-    """Voigt stiffness -> Mandel matrix: normal-shear x sqrt(2), shear-shear x 2."""
-    v = _check_voigt(C_voigt)
-    return v * _MANDEL_W[:, None] * _MANDEL_W[None, :]
-
-
-def mandel_to_voigt(C_mandel) -> np.ndarray:
-    """Mandel matrix -> Voigt stiffness (inverse of :func:`voigt_to_mandel`)."""
-    m = _check_voigt(C_mandel, "Mandel matrix")
-    return m / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
-
-
-def log_voigt(C_voigt, reference: float = 1.0) -> np.ndarray:
-    """Matrix logarithm of a positive-definite stiffness, in Voigt layout (dimensionless).
-
-    ``L = logm(Mandel(C) / reference)`` via ``eigh``, returned as the Voigt matrix whose Mandel
-    form is ``L``. Because the Mandel form of a rotation is an orthogonal 6x6 matrix ``Q`` and
-    ``logm(Q M Q^T) = Q logm(M) Q^T``, ``L`` rotates exactly like a stiffness tensor: it has the
-    same 21 irreps (2x0e+2x2e+1x4e). Raises ``ValueError`` if C is not positive-definite.
-
-    >>> C = isotropic_voigt(100.0, 50.0)
-    >>> bool(np.allclose(exp_voigt(log_voigt(C, 100.0), 100.0), C))
-    True
-    """
-    m = voigt_to_mandel(C_voigt) / float(reference)
-    w, v = np.linalg.eigh(m)
-    if not np.all(w > 0):
-        bad = np.argwhere(~np.all(w > 0, axis=-1))
-        where = f" at batch index {tuple(int(i) for i in bad[0])}" if m.ndim > 2 else ""
-        raise ValueError(f"elastic tensor is not positive-definite{where}; it has no logarithm")
-    log_m = np.einsum("...ik,...k,...jk->...ij", v, np.log(w), v)
-    return mandel_to_voigt(0.5 * (log_m + np.swapaxes(log_m, -1, -2)))
-
-
-def exp_voigt(L_voigt, reference: float = 1.0) -> np.ndarray:
-    """Inverse of :func:`log_voigt`: ``C = reference * expm(Mandel(L))`` (Voigt, GPa).
-
-    The result is positive-definite for any symmetric ``L``; a non-finite ``L`` or one so large
-    that ``expm`` overflows raises ``ValueError``.
-    """
-    m = voigt_to_mandel(L_voigt)
-    w, v = np.linalg.eigh(0.5 * (m + np.swapaxes(m, -1, -2)))
-    if np.any(w > 700.0):
-        raise ValueError("log-stiffness too large: its exponential overflows float64")
-    exp_m = np.einsum("...ik,...k,...jk->...ij", v, np.exp(w), v)
-    return mandel_to_voigt(float(reference) * 0.5 * (exp_m + np.swapaxes(exp_m, -1, -2)))
-
-
-#: Voigt form of the 6x6 identity in Mandel space (the symmetric identity tensor I_s):
-#: adding ``t * MANDEL_IDENTITY_VOIGT`` to :func:`log_voigt` multiplies C by ``exp(t)``.
-MANDEL_IDENTITY_VOIGT = np.diag([1.0, 1.0, 1.0, 0.5, 0.5, 0.5])
-MANDEL_IDENTITY_VOIGT.setflags(write=False)
-
-
-_MAX_CONDITION = 1e14
-
-
-def _singular(m: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        cond = np.linalg.cond(m)
-    return ~np.isfinite(cond) | (cond > _MAX_CONDITION)
-
-
-def _inverse(m: np.ndarray, what: str) -> np.ndarray:
-    bad = _singular(m)
-    if np.any(bad):
-        where = ""
-        if m.ndim > 2:
-            where = f" at batch index {tuple(int(i) for i in np.argwhere(bad)[0])}"
-        raise ValueError(f"{what} is singular{where}; its compliance does not exist")
-    return np.linalg.inv(m)
-
-
-def _inverse_or_nan(m: np.ndarray) -> np.ndarray:
-    """Inverse of each matrix; all-NaN for singular ones, so one bad tensor spoils no other."""
-    bad = _singular(m)
-    safe = np.where(bad[..., None, None], np.eye(m.shape[-1]), m)
-    return np.where(bad[..., None, None], np.nan, np.linalg.inv(safe))
-
-
-def compliance_voigt(C) -> np.ndarray:
-    """Compliance in Voigt form (1/GPa), i.e. ``inv(C_voigt)``.
-
-    It maps stress to engineering strain, so relative to the Cartesian ``S_ijkl`` its
-    normal-shear entries carry a factor 2 and its shear-shear entries a factor 4.
-    """
-    v = _any_to_voigt(C)
-    return _inverse(v, "elastic tensor")
-
-
-def compliance_cartesian(C) -> np.ndarray:
-    """Compliance ``S_ijkl`` (1/GPa) with ``S_ijkl C_klmn = (d_im d_jn + d_in d_jm) / 2``."""
-    v = _any_to_voigt(C)
-    return _compliance_cartesian(_inverse(voigt_to_mandel(v), "elastic tensor"))
-
-
-def _compliance_cartesian(s_mandel: np.ndarray) -> np.ndarray:
-    s_plain = s_mandel / (_MANDEL_W[:, None] * _MANDEL_W[None, :])
-    return s_plain[..., _PAIR_TO_VOIGT[:, :, None, None], _PAIR_TO_VOIGT[None, None, :, :]]
 
 
 # --------------------------------------------------------------------------------------
@@ -385,6 +233,7 @@ def _basis() -> np.ndarray:
     cols += first + second
     cols += [_harmonic_tensor(4, m) for m in range(-4, 5)]
     Q = np.stack(cols, axis=-1)
+    assert Q.shape[-1] == N_IRREPS  # the columns follow IRREP_LAYOUT
     Q.setflags(write=False)
     return Q
 
@@ -410,7 +259,7 @@ def cartesian_to_irreps(C) -> np.ndarray:
 def irreps_to_cartesian(x) -> np.ndarray:
     """(..., 21) irreps -> (..., 3, 3, 3, 3) Cartesian tensor."""
     a = _array(x, "irreps vector")
-    _check_trailing(a, (21,), "irreps vector")
+    _check_trailing(a, (N_IRREPS,), "irreps vector")
     return np.einsum("...c,ijklc->...ijkl", a, _basis())
 
 
@@ -485,148 +334,3 @@ def symmetry_residual(C, rotations) -> np.ndarray:
     if np.any(den == 0):
         raise ValueError("symmetry residual is undefined for a zero tensor")
     return num / den
-
-
-# --------------------------------------------------------------------------------------
-# derived properties (GPa where they have units)
-# --------------------------------------------------------------------------------------
-def isotropic_voigt(bulk: float, shear: float) -> np.ndarray:
-    """Voigt stiffness (GPa) of an isotropic solid with bulk modulus K and shear modulus G."""
-    lam = bulk - 2.0 * shear / 3.0
-    v = np.zeros((6, 6))
-    v[:3, :3] = lam
-    v[[0, 1, 2], [0, 1, 2]] = lam + 2.0 * shear
-    v[[3, 4, 5], [3, 4, 5]] = shear
-    return v
-
-
-def _voigt_and_compliance(C) -> tuple[np.ndarray, np.ndarray]:
-    """Voigt C and Voigt S; S is NaN for singular C (Reuss bounds are then undefined)."""
-    v = _any_to_voigt(C)
-    return v, _inverse_or_nan(v)
-
-
-def _kg(v: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
-    d = np.diagonal(v, axis1=-2, axis2=-1)
-    ds = np.diagonal(s, axis1=-2, axis2=-1)
-    normal = d[..., :3].sum(-1)
-    off = v[..., 0, 1] + v[..., 0, 2] + v[..., 1, 2]
-    shear = d[..., 3:].sum(-1)
-    s_normal = ds[..., :3].sum(-1)
-    s_off = s[..., 0, 1] + s[..., 0, 2] + s[..., 1, 2]
-    s_shear = ds[..., 3:].sum(-1)
-    kv = (normal + 2.0 * off) / 9.0
-    gv = (normal - off + 3.0 * shear) / 15.0
-    kr = 1.0 / (s_normal + 2.0 * s_off)
-    gr = 15.0 / (4.0 * s_normal - 4.0 * s_off + 3.0 * s_shear)
-    return {"kv": kv, "gv": gv, "kr": kr, "gr": gr}
-
-
-def bulk_modulus(C) -> dict[str, np.ndarray]:
-    """Bulk modulus (GPa): ``{"voigt", "reuss", "hill"}``, each of shape (...)."""
-    m = _kg(*_voigt_and_compliance(C))
-    return {"voigt": m["kv"], "reuss": m["kr"], "hill": 0.5 * (m["kv"] + m["kr"])}
-
-
-def shear_modulus(C) -> dict[str, np.ndarray]:
-    """Shear modulus (GPa): ``{"voigt", "reuss", "hill"}``, each of shape (...)."""
-    m = _kg(*_voigt_and_compliance(C))
-    return {"voigt": m["gv"], "reuss": m["gr"], "hill": 0.5 * (m["gv"] + m["gr"])}
-
-
-def _young_poisson(k: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return 9.0 * k * g / (3.0 * k + g), (3.0 * k - 2.0 * g) / (6.0 * k + 2.0 * g)
-
-
-def youngs_modulus(C) -> np.ndarray:
-    """Isotropic Young's modulus E = 9KG / (3K + G) from the Hill averages (GPa)."""
-    m = _kg(*_voigt_and_compliance(C))
-    return _young_poisson(0.5 * (m["kv"] + m["kr"]), 0.5 * (m["gv"] + m["gr"]))[0]
-
-
-def poisson_ratio(C) -> np.ndarray:
-    """Isotropic Poisson's ratio (3K - 2G) / (6K + 2G) from the Hill averages."""
-    m = _kg(*_voigt_and_compliance(C))
-    return _young_poisson(0.5 * (m["kv"] + m["kr"]), 0.5 * (m["gv"] + m["gr"]))[1]
-
-
-def universal_anisotropy(C) -> np.ndarray:
-    """Universal anisotropy index A^U = 5 G_V / G_R + K_V / K_R - 6 (0 when isotropic)."""
-    m = _kg(*_voigt_and_compliance(C))
-    return 5.0 * m["gv"] / m["gr"] + m["kv"] / m["kr"] - 6.0
-
-
-def born_stability(C, tol: float = 0.0) -> dict[str, np.ndarray]:
-    """Born (mechanical) stability: C is stable iff its Mandel matrix is positive definite.
-
-    Returns ``{"min_eigenvalue": (...) GPa, "stable": (...) bool}``; stable means
-    ``min_eigenvalue > tol``.
-    """
-    v = _any_to_voigt(C)
-    lam = np.linalg.eigvalsh(voigt_to_mandel(v))[..., 0]
-    return {"min_eigenvalue": lam, "stable": lam > tol}
-
-
-def _unit_vectors(n) -> np.ndarray:
-    u = _array(n, "directions")
-    _check_trailing(u, (3,), "directions")
-    norm = np.linalg.norm(u, axis=-1)
-    if u.size and np.max(np.abs(norm - 1.0)) > 1e-6:
-        raise ValueError(
-            "directions must be unit vectors; normalise them first "
-            f"(norms range from {norm.min():.3g} to {norm.max():.3g})"
-        )
-    return u
-
-
-def directional_youngs_modulus(C, n) -> np.ndarray:
-    """Young's modulus along unit vectors n: ``E(n) = 1 / (S_ijkl n_i n_j n_k n_l)`` (GPa).
-
-    ``C`` has batch shape B, ``n`` has shape (..., 3); the result has shape B + n.shape[:-1].
-    """
-    S = _compliance_cartesian(_inverse_or_nan(voigt_to_mandel(_any_to_voigt(C))))
-    u = _unit_vectors(n)
-    nb = S.ndim - 4
-    S = S.reshape(S.shape[:nb] + (1,) * (u.ndim - 1) + (3, 3, 3, 3))
-    return 1.0 / np.einsum("...ijkl,...i,...j,...k,...l->...", S, u, u, u, u)
-
-
-def linear_compressibility(C, n) -> np.ndarray:
-    """Linear compressibility along unit vectors n: ``beta(n) = S_ijkk n_i n_j`` (1/GPa).
-
-    Shapes as in :func:`directional_youngs_modulus`. Negative values mean the crystal
-    expands along n under hydrostatic pressure.
-    """
-    S = _compliance_cartesian(_inverse_or_nan(voigt_to_mandel(_any_to_voigt(C))))
-    u = _unit_vectors(n)
-    nb = S.ndim - 4
-    Sk = np.einsum("...ijkk->...ij", S)
-    Sk = Sk.reshape(Sk.shape[:nb] + (1,) * (u.ndim - 1) + (3, 3))
-    return np.einsum("...ij,...i,...j->...", Sk, u, u)
-
-
-def derived_properties(C) -> dict[str, np.ndarray]:
-    """All scalar moduli of C in one pass; keys carry units.
-
-    Keys: ``K_V_GPa, K_R_GPa, K_VRH_GPa, G_V_GPa, G_R_GPa, G_VRH_GPa, youngs_modulus_GPa,
-    poisson_ratio, universal_anisotropy, min_eigenvalue_GPa, born_stable``.
-    """
-    v, s = _voigt_and_compliance(C)
-    m = _kg(v, s)
-    k = 0.5 * (m["kv"] + m["kr"])
-    g = 0.5 * (m["gv"] + m["gr"])
-    e, nu = _young_poisson(k, g)
-    born = born_stability(v)
-    return {
-        "K_V_GPa": m["kv"],
-        "K_R_GPa": m["kr"],
-        "K_VRH_GPa": k,
-        "G_V_GPa": m["gv"],
-        "G_R_GPa": m["gr"],
-        "G_VRH_GPa": g,
-        "youngs_modulus_GPa": e,
-        "poisson_ratio": nu,
-        "universal_anisotropy": 5.0 * m["gv"] / m["gr"] + m["kv"] / m["kr"] - 6.0,
-        "min_eigenvalue_GPa": born["min_eigenvalue"],
-        "born_stable": born["stable"],
-    }

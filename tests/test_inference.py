@@ -10,9 +10,9 @@ from conftest import quartz_structure, random_model_stats, rotated_structure
 
 jax = pytest.importorskip("jax")
 
+from e3elastic import bundle, cli, inference, runtime, tensors  # noqa: E402
 from e3elastic import checkpoint as ckpt  # noqa: E402
-from e3elastic import cli, inference, runtime, tensors  # noqa: E402
-from e3elastic import config as C  # noqa: E402
+from e3elastic import config as cfg  # noqa: E402
 
 runtime.enable_compilation_cache()
 
@@ -31,14 +31,14 @@ JSON_KEYS = {
 
 def _bundle(path, seed):
     """A tiny model with random weights (predictions are arbitrary but deterministic)."""
-    cfg = C.tiny()
-    shapes = ckpt.expected_param_shapes(cfg)
+    config = cfg.tiny()
+    shapes = ckpt.expected_param_shapes(config)
     rng = np.random.default_rng(seed)
     params = ckpt.unflatten_params(
         {k: rng.normal(size=v).astype(np.float32) * 0.5 for k, v in shapes.items()}
     )
-    stats = random_model_stats(cfg.model)
-    return ckpt.export_bundle(path, cfg, params, stats, {"seed": seed})
+    stats = random_model_stats(config.model)
+    return ckpt.export_bundle(path, config, params, stats, {"seed": seed})
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_symprec_controls_the_group_and_p1_is_reported(model_dir):
 
 def _failing_apply(model, fail_when):
     """Wrap the model's compiled apply: record input shapes, raise when fail_when(n_real)."""
-    real = model._fn()
+    real = model.compiled()
     shapes = []
 
     def apply(params, inputs):
@@ -137,7 +137,7 @@ def _failing_apply(model, fail_when):
             raise RuntimeError(message)
         return real(params, inputs)
 
-    model._predict = apply
+    model._compiled = apply
     return shapes
 
 
@@ -467,25 +467,25 @@ def test_sigma_scale_fit_calibrates_an_overconfident_ensemble():
 
 def test_parameter_shapes_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path))
-    monkeypatch.setattr(ckpt, "_SHAPES", {})
-    cfg = C.tiny()
-    traced = ckpt._traced_param_shapes(cfg)
-    assert ckpt.expected_param_shapes(cfg) == traced
+    monkeypatch.setattr(bundle, "_SHAPES", {})
+    config = cfg.tiny()
+    traced = bundle._traced_param_shapes(config)
+    assert ckpt.expected_param_shapes(config) == traced
     [cached] = list((tmp_path / "shapes").glob("*.json"))
 
     def no_trace(config):
         raise AssertionError("traced although the shapes are cached")
 
-    monkeypatch.setattr(ckpt, "_SHAPES", {})
-    monkeypatch.setattr(ckpt, "_traced_param_shapes", no_trace)
-    assert ckpt.expected_param_shapes(cfg) == traced  # read back from disk
-    other = C.tiny().override(["model.n_layers=3"])
+    monkeypatch.setattr(bundle, "_SHAPES", {})
+    monkeypatch.setattr(bundle, "_traced_param_shapes", no_trace)
+    assert ckpt.expected_param_shapes(config) == traced  # read back from disk
+    other = cfg.tiny().override(["model.n_layers=3"])
     with pytest.raises(AssertionError, match="traced"):  # another architecture: another key
         ckpt.expected_param_shapes(other)
     cached.write_text("{not json")
-    monkeypatch.setattr(ckpt, "_SHAPES", {})
-    monkeypatch.setattr(ckpt, "_traced_param_shapes", lambda config: traced)
-    assert ckpt.expected_param_shapes(cfg) == traced  # a damaged cache is rebuilt
+    monkeypatch.setattr(bundle, "_SHAPES", {})
+    monkeypatch.setattr(bundle, "_traced_param_shapes", lambda config: traced)
+    assert ckpt.expected_param_shapes(config) == traced  # a damaged cache is rebuilt
     assert json.loads(cached.read_text())
 
 

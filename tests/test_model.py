@@ -13,7 +13,7 @@ from conftest import quartz_structure, random_rotation, require_data, rotated_st
 
 jax = pytest.importorskip("jax")
 
-from e3elastic import config as C  # noqa: E402
+from e3elastic import config as cfg  # noqa: E402
 from e3elastic import graph as G  # noqa: E402
 from e3elastic import runtime, tensors  # noqa: E402
 from e3elastic.model import ElasticityNet, batch_inputs, irrep_stats  # noqa: E402
@@ -54,7 +54,7 @@ class Runner:
     """One jitted forward per dtype, shared by all tests (one compiled shape each)."""
 
     def __init__(self):
-        self.cfg = C.tiny()
+        self.cfg = cfg.tiny()
         self.net = ElasticityNet(self.cfg.model)
         self._fns = {}
         self._params = {}
@@ -171,6 +171,39 @@ def test_irrep_stats_normalise_each_irrep(rng):
     assert np.all(st["shift"][2:] == 0)  # no shift on non-scalars (would break equivariance)
 
 
+def test_output_irreps_follow_the_one_layout():
+    import e3nn_jax as e3nn
+
+    from e3elastic.model import OUTPUT_IRREPS
+
+    assert OUTPUT_IRREPS == e3nn.Irreps("2x0e+2x2e+1x4e")
+    assert OUTPUT_IRREPS.dim == tensors.N_IRREPS == 21
+    assert [(mul, ir.l, ir.p) for mul, ir in OUTPUT_IRREPS] == [
+        (m, l, 1) for m, l in tensors.IRREP_LAYOUT
+    ]
+    copies, kinds, start = [], {}, 0
+    for mul, ir in OUTPUT_IRREPS:
+        kinds[f"{ir.l}e"] = slice(start, start + mul * ir.dim)
+        for _ in range(mul):
+            copies.append((ir.l, slice(start, start + ir.dim)))
+            start += ir.dim
+    assert copies == list(tensors.IRREP_COPIES)
+    assert kinds == tensors.IRREP_SLICES
+
+
+def test_dummy_inputs_match_a_real_batch():
+    from e3elastic.interface import INPUT_FIELDS, dummy_inputs
+    from e3elastic.programs import inference_buckets
+
+    g = G.structure_to_graph(_nacl(), cfg.tiny().model.cutoff, id="nacl")
+    [b] = list(G.batches([g], batch_size=1, buckets=inference_buckets([g], 1)))
+    real = batch_inputs(b, np.float32, 0)
+    fake = dummy_inputs(n_node=len(b.species), n_edge=len(b.senders), n_graph=len(b.lattice))
+    assert tuple(real) == tuple(fake) == INPUT_FIELDS
+    for k in INPUT_FIELDS:
+        assert (real[k].shape, real[k].dtype.kind) == (fake[k].shape, fake[k].dtype.kind), k
+
+
 # --------------------------------------------------------------------------------------------
 # The log head: C = reference * expm(L), positive-definite and exactly equivariant
 # --------------------------------------------------------------------------------------------
@@ -223,20 +256,20 @@ def test_expm_head_gradient_is_finite_at_degenerate_eigenvalues():
 
     from e3elastic.model import voigt_from_outputs, voigt_from_outputs_jax
 
-    cfg = C.tiny().model
+    config = cfg.tiny().model
     silicon = np.array(
         [[165.7, 63.9, 63.9, 0, 0, 0], [63.9, 165.7, 63.9, 0, 0, 0], [63.9, 63.9, 165.7, 0, 0, 0],
          [0, 0, 0, 79.6, 0, 0], [0, 0, 0, 0, 79.6, 0], [0, 0, 0, 0, 0, 79.6]]
     )  # fmt: skip
-    x = tensors.voigt_to_irreps(tensors.log_voigt(silicon, cfg.log_reference))[None]  # (1, 21)
+    x = tensors.voigt_to_irreps(tensors.log_voigt(silicon, config.log_reference))[None]  # (1, 21)
     with jax.enable_x64(True):
         xj = jnp.asarray(x, jnp.float64)
-        v = voigt_from_outputs_jax(xj, cfg)
+        v = voigt_from_outputs_jax(xj, config)
         assert np.allclose(np.asarray(v)[0], silicon, rtol=1e-10, atol=1e-9)
-        assert np.allclose(np.asarray(v), voigt_from_outputs(x, cfg), rtol=1e-10)
+        assert np.allclose(np.asarray(v), voigt_from_outputs(x, config), rtol=1e-10)
 
         def loss(z):
-            return jnp.sum((voigt_from_outputs_jax(z, cfg) - 1.05 * silicon) ** 2)
+            return jnp.sum((voigt_from_outputs_jax(z, config) - 1.05 * silicon) ** 2)
 
         g = np.asarray(jax.grad(loss)(xj))
         assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
@@ -260,8 +293,8 @@ def test_unseen_element_embedding_is_finite_and_chemical():
     from e3elastic.elements import descriptor_table
     from e3elastic.model import SpeciesEmbedding
 
-    cfg = C.tiny().model
-    mod = SpeciesEmbedding(cfg, 8)
+    config = cfg.tiny().model
+    mod = SpeciesEmbedding(config, 8)
     z = {s: G.SYMBOLS.index(s) for s in ("Xe", "Kr", "Rn", "Fe", "Li", "W", "Ce")}
     inp = {
         "species": jnp_array(list(z.values())),

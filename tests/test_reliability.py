@@ -65,7 +65,7 @@ from hypothesis import strategies as st  # noqa: E402
 from test_train import ROCKSALT, _cubic_voigt  # noqa: E402
 
 from e3elastic import checkpoint as ckpt  # noqa: E402
-from e3elastic import config as C  # noqa: E402
+from e3elastic import config as cfg  # noqa: E402
 from e3elastic import data, inference, runtime, train  # noqa: E402
 
 JAX_CACHE = runtime.enable_compilation_cache()
@@ -145,8 +145,8 @@ def _overrides(data_file: Path, epochs: int) -> list[str]:
     ]
 
 
-def _config(env, epochs: int = EPOCHS) -> C.Config:
-    return C.tiny().override(_overrides(env.data, epochs))
+def _config(env, epochs: int = EPOCHS) -> cfg.Config:
+    return cfg.tiny().override(_overrides(env.data, epochs))
 
 
 def _train_cmd(env, workdir: Path, epochs: int, resume: bool) -> list[str]:
@@ -323,17 +323,17 @@ def reference(env, prep):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny model with random weights: predictions are arbitrary but deterministic."""
-    cfg = C.tiny()
+    config = cfg.tiny()
     rng = np.random.default_rng(0)
     params = ckpt.unflatten_params(
         {
             k: rng.normal(size=v).astype(np.float32) * 0.5
-            for k, v in ckpt.expected_param_shapes(cfg).items()
+            for k, v in ckpt.expected_param_shapes(config).items()
         }
     )
-    stats = random_model_stats(cfg.model)
+    stats = random_model_stats(config.model)
     path = tmp_path_factory.mktemp("model") / "bundle"
-    ckpt.export_bundle(path, cfg, params, stats, {"note": "random weights"})
+    ckpt.export_bundle(path, config, params, stats, {"note": "random weights"})
     return inference.load_model(path)
 
 
@@ -603,12 +603,12 @@ def test_bundle_survives_a_kill_between_the_two_renames(reference, tmp_path):
     w = tmp_path / "run"
     shutil.copytree(reference, w)
     os.replace(w / "best", w / ".best.old")  # export_bundle killed after its first rename
-    cfg, params, stats, _ = ckpt.load_bundle(w / "best")
+    config, params, stats, _ = ckpt.load_bundle(w / "best")
     want = ckpt.load_bundle(reference / "best")
     flat, flat_want = ckpt.flatten_params(params), ckpt.flatten_params(want[1])
     assert all(np.array_equal(flat[k], flat_want[k]) for k in flat_want)
     assert inference.load_model(w).n_members == 1
-    ckpt.export_bundle(w / "best", cfg, params, stats)  # the next export tidies up
+    ckpt.export_bundle(w / "best", config, params, stats)  # the next export tidies up
     assert (w / "best" / "MANIFEST.json").is_file() and not (w / ".best.old").exists()
 
 
@@ -621,7 +621,7 @@ def test_bundle_survives_a_kill_between_the_two_renames(reference, tmp_path):
 def test_non_finite_loss_names_the_crystal_and_keeps_the_last_checkpoint(
     env, prep, tmp_path, monkeypatch
 ):
-    cfg = _config(env, epochs=4)
+    config = _config(env, epochs=4)
     w = tmp_path / "run"
 
     class Stop(Exception):
@@ -632,7 +632,7 @@ def test_non_finite_loss_names_the_crystal_and_keeps_the_last_checkpoint(
             raise Stop
 
     with pytest.raises(Stop):
-        train.train_and_evaluate(cfg, w, prepared=prep, log=stop_after_epoch_1)
+        train.train_and_evaluate(config, w, prepared=prep, log=stop_after_epoch_1)
     assert _finished_steps(w) == [0, 1]
     best_before = {f.name: f.read_bytes() for f in (w / "best").iterdir()}
     metrics_before = (w / "metrics.jsonl").read_text()
@@ -652,7 +652,7 @@ def test_non_finite_loss_names_the_crystal_and_keeps_the_last_checkpoint(
 
     msgs: list[str] = []
     with pytest.raises(train.TrainingError, match="non-finite loss at epoch 2") as err:
-        train.train_and_evaluate(cfg, w, prepared=poisoned, resume=True, log=msgs.append)
+        train.train_and_evaluate(config, w, prepared=poisoned, resume=True, log=msgs.append)
     assert victim in str(err.value)
     others = [r.id for r in prep.records["train"] if r.id != victim]
     assert not any(i in str(err.value) for i in others), str(err.value)
@@ -1145,8 +1145,8 @@ def _npz_with_header(path: Path, members: dict[str, tuple[tuple[int, ...], str, 
 
 
 def test_shapes_that_do_not_fit_the_config_are_refused(reference, tmp_path):
-    cfg, params, stats, _ = ckpt.load_bundle(reference / "best")
-    bigger = cfg.override(['model.hidden_irreps="16x0e+2x1o+2x2e+2x4e"'])
+    config, params, stats, _ = ckpt.load_bundle(reference / "best")
+    bigger = config.override(['model.hidden_irreps="16x0e+2x1o+2x2e+2x4e"'])
     b = ckpt.export_bundle(tmp_path / "bigger", bigger, params, stats)
     with pytest.raises(ckpt.CheckpointError, match="do not match"):
         ckpt.load_bundle(b)
@@ -1154,7 +1154,7 @@ def test_shapes_that_do_not_fit_the_config_are_refused(reference, tmp_path):
     # a header that claims a huge array is refused before anything is allocated
     b2 = tmp_path / "huge"
     shutil.copytree(reference / "best", b2)
-    shapes = ckpt.expected_param_shapes(cfg)
+    shapes = ckpt.expected_param_shapes(config)
     members = {k: (v, "<f4", b"") for k, v in shapes.items()}
     first = sorted(shapes)[0]
     members[first] = ((10**12, 10**6), "<f4", b"\x00" * 64)
@@ -1168,9 +1168,9 @@ def test_shapes_that_do_not_fit_the_config_are_refused(reference, tmp_path):
     b3 = tmp_path / "nan"
     flat = ckpt.flatten_params(params)
     flat[first] = np.full_like(flat[first], np.nan)
-    ckpt.export_bundle(b3, cfg, ckpt.unflatten_params(flat), stats)
+    ckpt.export_bundle(b3, config, ckpt.unflatten_params(flat), stats)
     with pytest.raises(ckpt.CheckpointError, match="NaN"):
         ckpt.load_bundle(b3)
-    b4 = ckpt.export_bundle(tmp_path / "scale", cfg, params, {**stats, "scale": -stats["scale"]})
+    b4 = ckpt.export_bundle(tmp_path / "scale", config, params, {**stats, "scale": -stats["scale"]})
     with pytest.raises(ckpt.CheckpointError, match=r"stats\.json"):
         ckpt.load_bundle(b4)
