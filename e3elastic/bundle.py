@@ -295,11 +295,19 @@ def expected_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     Tracing the model's ``init`` takes seconds, so the result is kept in memory and on disk
     (``<cache>/shapes/``, keyed by the model config, the source of the model modules and the
     versions of e3elastic, flax, e3nn-jax and jax); a later process loading a bundle of the
-    same architecture reads it back.
+    same architecture reads it back. The shapes the package's shipped programs take
+    (:func:`e3elastic.programs.shipped_param_shapes`) come first: the shipped models need no
+    trace at all.
     """
     key = architecture_key(config)
     if key in _SHAPES:
         return dict(_SHAPES[key])
+    from .programs import shipped_param_shapes
+
+    shipped = shipped_param_shapes(config)  # exported with the package for this network
+    if shipped is not None:
+        _SHAPES[key] = shipped
+        return dict(shipped)
     cached = _shapes_file(key)
     try:
         shapes = {k: tuple(v) for k, v in json.loads(cached.read_text()).items()}

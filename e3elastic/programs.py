@@ -4,11 +4,23 @@
 shape and exported (StableHLO) to the cache, so a later process neither traces flax and
 e3nn-jax nor imports them; :func:`inference_buckets` picks the padded shapes of a prediction
 run so that few programs are needed.
+
+The package also ships the programs of the shipped models' architecture for the shapes a
+prediction of one to a few crystals uses (:data:`SHIPPED_DIR`, CPU, float32; written by
+``scripts/export_programs.py``), with the parameter shapes they take. A first run on a new
+machine then compiles a stored program instead of tracing the network: no flax or e3nn-jax at
+all. They are used only while :func:`network_key` of the config matches the key they were
+exported under, i.e. for the same model config, the same model source files and the same flax
+and e3nn-jax versions; anything else traces the network as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +30,96 @@ from .config import Config
 from .files import atomic_write
 from .runtime import cache_root
 
-__all__ = ["StoredPrograms", "inference_buckets"]
+__all__ = [
+    "SHIPPED_DIR",
+    "StoredPrograms",
+    "inference_buckets",
+    "network_key",
+    "program_digest",
+    "shipped_param_shapes",
+]
+
+#: Programs shipped with the package (see the module docstring).
+SHIPPED_DIR = Path(__file__).parent / "compiled"
+#: Source files whose content defines what the network computes.
+NETWORK_SOURCES = (
+    "model.py",
+    "interface.py",
+    "tensors.py",
+    "voigt.py",
+    "elements.py",
+    "element_descriptors.json",
+)
+
+
+def network_key(config: Config) -> str:
+    """A hash of what the network of ``config`` computes: its model config, the sources in
+    :data:`NETWORK_SOURCES` and the flax and e3nn-jax versions (not jax's: an exported
+    program stays loadable by later jax versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [json.dumps(dataclasses.asdict(config.model), sort_keys=True, default=str)]
+    root = Path(__file__).parent
+    parts += [hashlib.sha256((root / f).read_bytes()).hexdigest() for f in NETWORK_SOURCES]
+    for pkg in ("flax", "e3nn-jax"):
+        try:
+            parts.append(f"{pkg}={version(pkg)}")
+        except PackageNotFoundError:
+            parts.append(f"{pkg}=?")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def program_digest(key: str, inputs_sig: Any, params_sig: Any, backend: str, x64: bool) -> str:
+    """File stem of the program for these input and parameter shapes."""
+    text = repr((key, inputs_sig, params_sig, backend, x64))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def inputs_signature(inputs: dict[str, Any]) -> tuple:
+    """``((name, shape, dtype), ...)`` of a model input dict, sorted by name."""
+    return tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(inputs.items()))
+
+
+def params_signature(params: Any) -> list:
+    """``[(shape, dtype), ...]`` of a parameter tree's leaves, in tree order."""
+    import jax
+
+    return [(np.shape(a), np.asarray(a).dtype.str) for a in jax.tree_util.tree_leaves(params)]
+
+
+@lru_cache(maxsize=1)
+def _shipped_index() -> dict[str, Any]:
+    try:
+        return json.loads((SHIPPED_DIR / "index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def shipped_param_shapes(config: Config) -> dict[str, tuple[int, ...]] | None:
+    """Parameter shapes of the shipped programs of ``config``'s network, or None."""
+    entry = _shipped_index().get(network_key(config))
+    if not isinstance(entry, dict) or not isinstance(entry.get("param_shapes"), dict):
+        return None
+    return {k: tuple(v) for k, v in entry["param_shapes"].items()}
+
+
+def _shipped_program(config: Config, inputs_sig, params_sig, backend: str, x64: bool):
+    """The shipped program for these shapes (deserialised), or None."""
+    if backend != "cpu" or x64:
+        return None
+    key = network_key(config)
+    entry = _shipped_index().get(key)
+    if not isinstance(entry, dict):
+        return None
+    stem = program_digest(key, inputs_sig, params_sig, backend, x64)
+    if stem not in entry.get("programs", ()):
+        return None
+    try:
+        from jax import export
+
+        return export.deserialize(bytearray((SHIPPED_DIR / f"{stem}.bin").read_bytes()))
+    except Exception:  # damaged, or a jax too old to read it: trace instead
+        return None
 
 
 class StoredPrograms:
@@ -44,7 +145,7 @@ class StoredPrograms:
         return jax.jit(ElasticityNet(self.config.model).apply)
 
     def __call__(self, params, inputs):
-        sig = tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(inputs.items()))
+        sig = inputs_signature(inputs)
         fn = self.programs.get(sig)
         if fn is None:
             fn = self.programs[sig] = self._program(params, inputs, sig)
@@ -59,17 +160,13 @@ class StoredPrograms:
             from jax import export
         except ImportError:
             return self._jitted()
-        leaves = jax.tree_util.tree_leaves(params)
-        key = repr(
-            (
-                architecture_key(self.config),
-                sig,
-                [(np.shape(a), np.asarray(a).dtype.str) for a in leaves],
-                jax.default_backend(),
-                bool(jax.config.jax_enable_x64),
-            )
-        )
-        path = cache_root() / "exported" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
+        params_sig = params_signature(params)
+        backend, x64 = jax.default_backend(), bool(jax.config.jax_enable_x64)
+        shipped = _shipped_program(self.config, sig, params_sig, backend, x64)
+        if shipped is not None:
+            return jax.jit(shipped.call)
+        stem = program_digest(architecture_key(self.config), sig, params_sig, backend, x64)
+        path = cache_root() / "exported" / f"{stem}.bin"
         try:
             return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
         except Exception:  # absent, damaged or from another jax: export it again

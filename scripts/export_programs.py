@@ -1,0 +1,71 @@
+"""Export the shipped models' network as compiled programs shipped with the package.
+
+    python scripts/export_programs.py [--model default]
+
+Writes ``e3elastic/compiled/``: one ``jax.export`` program (StableHLO, CPU,
+float32) per padded input shape that a prediction of one to a few crystals uses, and
+``index.json`` with the network key and the parameter shapes. Rerun it whenever the model's
+source files change (``tests/test_programs.py`` fails until then); files of older networks are
+removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: (nodes, edges) of the buckets shipped, with inference's default batch size: one crystal of
+#: up to 63 sites and 4095 neighbour pairs, or a few small ones (90 % of the data's crystals
+#: alone fall in the first).
+BUCKETS = ((64, 1024), (64, 2048), (64, 4096), (128, 2048), (128, 4096))
+BATCH_SIZE = 8
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    args = ap.parse_args()
+
+    import jax
+    from jax import export
+
+    jax.config.update("jax_platforms", "cpu")
+    from e3elastic import bundle, inference, interface, programs
+    from e3elastic.files import atomic_write
+    from e3elastic.model import ElasticityNet
+
+    model = inference.load_model(args.model)
+    params = model.members[0][0]
+    key = programs.network_key(model.config)
+    apply = jax.jit(ElasticityNet(model.config.model).apply)
+    out = programs.SHIPPED_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    stems = []
+    for n_node, n_edge in BUCKETS:
+        inputs = interface.dummy_inputs(n_node, n_edge, BATCH_SIZE + 1)
+        stem = programs.program_digest(
+            key,
+            programs.inputs_signature(inputs),
+            programs.params_signature(params),
+            "cpu",
+            False,
+        )
+        blob = export.export(apply, platforms=["cpu"])(params, inputs).serialize()
+        atomic_write(out / f"{stem}.bin", blob)
+        stems.append(stem)
+        print(f"{n_node:5d} nodes {n_edge:6d} edges  {stem}.bin  {len(blob) / 1024:.0f} KiB")
+    shapes = bundle._traced_param_shapes(model.config)  # from the network itself
+    index = {key: {"param_shapes": shapes, "programs": stems, "buckets": BUCKETS}}
+    atomic_write(out / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
+    for f in out.glob("*.bin"):
+        if f.stem not in stems:
+            f.unlink()
+    print(f"network {key}: {len(stems)} programs in {out}")
+
+
+if __name__ == "__main__":
+    main()

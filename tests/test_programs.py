@@ -1,0 +1,76 @@
+"""Programs of the network shipped with the package (e3elastic.programs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import quartz_structure
+
+jax = pytest.importorskip("jax")
+
+from e3elastic import bundle, graph, inference, interface, programs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STALE = "the shipped programs are stale: run `python scripts/export_programs.py` and commit"
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return inference.load_model("default")
+
+
+def test_shipped_programs_are_those_of_the_current_network(default_model):
+    index = json.loads((programs.SHIPPED_DIR / "index.json").read_text())
+    key = programs.network_key(default_model.config)
+    assert list(index) == [key], STALE
+    for stem in index[key]["programs"]:
+        assert (programs.SHIPPED_DIR / f"{stem}.bin").is_file(), STALE
+    traced = bundle._traced_param_shapes(default_model.config)
+    assert programs.shipped_param_shapes(default_model.config) == traced
+
+
+def test_network_key_follows_the_model_config(default_model):
+    config = default_model.config
+    other = config.override([f"model.n_radial={config.model.n_radial + 1}"])
+    assert programs.network_key(other) != programs.network_key(config)
+    assert programs.shipped_param_shapes(other) is None
+
+
+def test_shipped_program_computes_what_the_traced_network_does(default_model):
+    from e3elastic.model import ElasticityNet
+
+    g = graph.structure_to_graph(quartz_structure(), default_model.config.model.cutoff)
+    (bucket,) = programs.inference_buckets([g], 8)
+    batch = next(iter(graph.batches([g], batch_size=8, buckets=(bucket,))))
+    inputs = interface.batch_inputs(batch)
+    params = default_model.members[0][0]
+    sig = programs.inputs_signature(inputs)
+    shipped = programs._shipped_program(
+        default_model.config, sig, programs.params_signature(params), "cpu", False
+    )
+    assert shipped is not None, "a crystal of 9 sites must use a shipped program"
+    got = np.asarray(jax.jit(shipped.call)(params, inputs))
+    want = np.asarray(jax.jit(ElasticityNet(default_model.config.model).apply)(params, inputs))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_first_run_on_a_new_machine_neither_traces_nor_imports_the_network(tmp_path):
+    code = (
+        "import sys, json; from e3elastic import inference; "
+        "p = inference.predict('examples/silicon.cif', 'default'); "
+        "print(json.dumps([p['K_VRH_GPa'], 'flax' in sys.modules, 'e3nn_jax' in sys.modules]))"
+    )
+    env = dict(os.environ, E3ELASTIC_CACHE=str(tmp_path), E3ELASTIC_JAX_CACHE="off")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    k, flax_imported, e3nn_imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not flax_imported and not e3nn_imported
+    assert 40 < k < 130  # silicon, measured 98 GPa
