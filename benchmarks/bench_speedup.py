@@ -30,13 +30,13 @@ def main() -> None:
 
     import jax
 
-    from e3elastic import config as C
+    from e3elastic import config as cfg
     from e3elastic import data, graph, train
     from e3elastic.model import batch_inputs
 
     variants = {
-        "first": C.default().override(["model.even_last_layer=false"]),
-        "current": C.default(),
+        "first": cfg.default().override(["model.even_last_layer=false"]),
+        "current": cfg.default(),
     }
     base = variants["current"]
     folder = Path(os.environ.get("E3ELASTIC_DATA", "../shared/data"))
@@ -47,10 +47,10 @@ def main() -> None:
     batches = list(graph.batches(graphs, targets, batch_size=base.data.batch_size, buckets=buckets))
     inputs = [(batch_inputs(b, np.float32), b.targets.astype(np.float32)) for b in batches]
     state, compile_s = {}, {}
-    for name, cfg in variants.items():
-        net = train.create_model(cfg)
-        params = train.init_params(cfg, inputs[0][0], 0)
-        tx, _ = train.create_optimizer(cfg, len(batches))
+    for name, config in variants.items():
+        net = train.create_model(config)
+        params = train.init_params(config, inputs[0][0], 0)
+        tx, _ = train.create_optimizer(config, len(batches))
         opt = tx.init(params)
         step, _ = train.make_steps(net, tx)
         t = time.perf_counter()

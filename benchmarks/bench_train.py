@@ -30,17 +30,17 @@ from _env import environment
 
 def _setup(args):
     """The config and the first ``args.n`` matminer crystals: graphs, random targets, buckets."""
-    from e3elastic import config as C
+    from e3elastic import config as cfg
     from e3elastic import data, graph
 
-    cfg = C.preset(args.config).override(args.set)
+    config = cfg.preset(args.config).override(args.set)
     folder = Path(os.environ.get("E3ELASTIC_DATA", "../shared/data"))
     res = data.read_file(folder / "matminer_elastic_tensor_2015.json.gz")
     recs = res.records[: args.n]
-    graphs = [graph.structure_to_graph(r.structure, cfg.model.cutoff, id=r.id) for r in recs]
+    graphs = [graph.structure_to_graph(r.structure, config.model.cutoff, id=r.id) for r in recs]
     targets = np.random.default_rng(0).normal(size=(len(graphs), 21))
-    buckets = graph.make_buckets(graphs, cfg.data.batch_size, cfg.data.n_buckets)
-    return cfg, graphs, targets, buckets
+    buckets = graph.make_buckets(graphs, config.data.batch_size, config.data.n_buckets)
+    return config, graphs, targets, buckets
 
 
 def main() -> None:
@@ -61,14 +61,16 @@ def main() -> None:
     from e3elastic import graph, train
     from e3elastic.model import batch_inputs
 
-    cfg, graphs, targets, buckets = _setup(args)
-    net = train.create_model(cfg)
+    config, graphs, targets, buckets = _setup(args)
+    net = train.create_model(config)
     dtype = np.float32
-    batches = list(graph.batches(graphs, targets, batch_size=cfg.data.batch_size, buckets=buckets))
+    batches = list(
+        graph.batches(graphs, targets, batch_size=config.data.batch_size, buckets=buckets)
+    )
     t = time.perf_counter()
-    params = train.init_params(cfg, batch_inputs(batches[0], dtype), 0)
+    params = train.init_params(config, batch_inputs(batches[0], dtype), 0)
     t_init = time.perf_counter() - t
-    tx, _ = train.create_optimizer(cfg, len(batches))
+    tx, _ = train.create_optimizer(config, len(batches))
     opt = tx.init(params)
     step, _ = train.make_steps(net, tx)
     compile_s = 0.0
@@ -97,7 +99,7 @@ def main() -> None:
     n_params = sum(x.size for x in jax.tree.leaves(params))
     edges = np.mean([g.n_edge for g in graphs])
     result = {
-        "config": cfg.name,
+        "config": config.name,
         "overrides": args.set,
         "tag": args.tag,
         "n_params": int(n_params),
@@ -115,10 +117,10 @@ def main() -> None:
     print("| config | params | edges/crystal | compile s | crystals/s | ms/crystal |")
     print("|---|---|---|---|---|---|")
     print(
-        f"| {cfg.name}{' ' + ' '.join(args.set) if args.set else ''} | {n_params} | {edges:.0f} "
+        f"| {config.name}{' ' + ' '.join(args.set) if args.set else ''} | {n_params} | {edges:.0f} "
         f"| {compile_s:.1f} | {result['crystals_per_s']:.1f} | {result['ms_per_crystal']:.1f} |"
     )
-    out = Path(__file__).parent / "results" / f"train_{cfg.name}{args.tag}.json"
+    out = Path(__file__).parent / "results" / f"train_{config.name}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
@@ -130,13 +132,13 @@ def compare_loops(args) -> None:
     from e3elastic import graph, train
     from e3elastic.model import batch_inputs
 
-    cfg, graphs, targets, buckets = _setup(args)
+    config, graphs, targets, buckets = _setup(args)
     dtype = np.float32
-    dp = train.DataParallel(cfg.train.data_parallel)
+    dp = train.DataParallel(config.train.data_parallel)
     plan = train.plan_steps(
         graphs,
         targets,
-        batch_size=cfg.data.batch_size,
+        batch_size=config.data.batch_size,
         buckets=buckets,
         n_sub=dp.n_sub,
         seed=0,
@@ -144,12 +146,12 @@ def compare_loops(args) -> None:
     )
     n_steps = sum(len(bs.steps) for bs in plan)
     n_cryst = sum(st.n_real for bs in plan for st in bs.steps)
-    net = train.create_model(cfg)
+    net = train.create_model(config)
     first = graph.pad_batch(graphs[:1], buckets[0])
-    tx, _ = train.create_optimizer(cfg, n_steps)
+    tx, _ = train.create_optimizer(config, n_steps)
     results = {}
     for loop in ("python", "scan"):
-        params = train.init_params(cfg, batch_inputs(first, dtype), 0)
+        params = train.init_params(config, batch_inputs(first, dtype), 0)
         params, opt = dp.replicate((params, tx.init(params)))
         upload_s = 0.0
         if loop == "scan":
@@ -201,7 +203,7 @@ def compare_loops(args) -> None:
             "upload_s": upload_s,
         }
     result = {
-        "config": cfg.name,
+        "config": config.name,
         "overrides": args.set,
         "tag": args.tag,
         "crystals": n_cryst,
@@ -222,7 +224,7 @@ def compare_loops(args) -> None:
             f"| {r['train_loss'][-1]:.6f} |"
         )
     print(f"scan / python: {result['speedup_scan_over_python']:.2f}x")
-    out = Path(__file__).parent / "results" / f"train_loops_{cfg.name}{args.tag}.json"
+    out = Path(__file__).parent / "results" / f"train_loops_{config.name}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 

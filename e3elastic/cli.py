@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -248,9 +249,27 @@ def _config_from_args(args: argparse.Namespace, options: dict[str, str] = _TRAIN
         raise CLIError(str(err)) from None
 
 
+class _StderrLines(logging.Handler):
+    """Each message as one line on the ``sys.stderr`` of the moment, flushed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr, flush=True)
+
+
+def _show_messages() -> None:
+    """Show the package's progress messages (``logging``, level INFO) on stderr, once, and
+    only there (not also through handlers that libraries put on the root logger)."""
+    package = logging.getLogger("e3elastic")
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    if not any(isinstance(h, _StderrLines) for h in package.handlers):
+        package.addHandler(_StderrLines())
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from e3elastic import checkpoint, data, graph, runtime, train
 
+    _show_messages()
     runtime.enable_compilation_cache()
     cfg = _config_from_args(args)
     workdir = args.workdir or f"checkpoints/{cfg.name}"
@@ -288,14 +307,16 @@ def _print_metrics_table(m: dict, mae_definition: str) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
-    from e3elastic import checkpoint, data, evaluation, graph, runtime, train
+    from e3elastic import checkpoint, data, evaluation, graph, runtime
+    from e3elastic.prepare import TrainingError
 
+    _show_messages()
     runtime.enable_compilation_cache()
     try:
         return evaluation.evaluate(args.model, args.data, split=args.split)
     except (
         evaluation.EvaluationError,
-        train.TrainingError,
+        TrainingError,
         data.DataError,
         graph.GraphError,
         checkpoint.CheckpointError,

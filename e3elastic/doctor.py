@@ -53,11 +53,11 @@ def _memory() -> str:
     return f"{rss / 1024:.0f} MiB peak resident (host process)"
 
 
-def _timed(fn) -> tuple[Any, float]:
+def _timed(call) -> tuple[Any, float]:
     import jax
 
     t = time.perf_counter()
-    out = jax.block_until_ready(fn())
+    out = jax.block_until_ready(call())
     return out, time.perf_counter() - t
 
 
@@ -67,7 +67,7 @@ def training_check(steps: int = 10, batch: int = 8) -> dict[str, float]:
 
     from . import config as config_mod
     from . import graph as graph_mod
-    from . import train
+    from . import steps as steps_mod
     from .model import batch_inputs
 
     cfg = config_mod.tiny()
@@ -79,10 +79,10 @@ def training_check(steps: int = 10, batch: int = 8) -> dict[str, float]:
     padded = graph_mod.pad_batch(graphs, bucket, rng.normal(size=(len(graphs), 21)))
     inputs = batch_inputs(padded, np.float32)
     targets = padded.targets.astype(np.float32)
-    params = train.init_params(cfg, inputs, 0)
-    tx, _ = train.create_optimizer(cfg, steps)
+    params = steps_mod.init_params(cfg, inputs, 0)
+    tx, _ = steps_mod.create_optimizer(cfg, steps)
     opt_state = tx.init(params)
-    step, _ = train.make_steps(train.create_model(cfg), tx)
+    step, _ = steps_mod.make_steps(steps_mod.create_model(cfg), tx)
     (params, opt_state, loss, _), first = _timed(
         lambda: step(params, opt_state, inputs, targets, np.int32(0))
     )

@@ -9,29 +9,47 @@ error over all 36 entries of the 6x6 Voigt matrix (:data:`MAE_DEFINITION`), the 
 used by ``evaluate``, training logs and the parity plot. An ensemble is scored on its mean
 tensor; its per-crystal standard deviations (calibrated when the ensemble folder has a
 ``calibration.json``, see :func:`fit_sigma_scale`) are reported alongside.
+
+For training: :func:`evaluate_model` scores weights on one split part of a
+:class:`~e3elastic.prepare.Prepared` dataset (:func:`evaluate_part` from head outputs),
+:func:`final_evaluation` scores a run's exported best bundle on every part and writes
+``final_metrics.json``, and :func:`baselines` gives the metrics of two trivial predictors.
+Messages go to ``logging.getLogger("e3elastic.evaluation")``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import data as data_mod
-from . import metrics, runtime, tensors
+from . import interface, metrics, tensors
+from .config import Config
 from .errors import E3ElasticError
 from .inference import Model, PredictError, load_model
+from .prepare import Prepared, graph_cache_dir, graphs_for_records
 
 __all__ = [
     "MAE_DEFINITION",
     "Evaluated",
+    "baselines",
     "coverage",
     "evaluate",
+    "evaluate_model",
+    "evaluate_part",
+    "final_evaluation",
     "fit_sigma_scale",
+    "predict_irreps",
     "predict_records",
 ]
+
+logger = logging.getLogger(__name__)
 
 MAE_DEFINITION = "MAE Voigt: mean |C_pred - C| over the 36 entries of the 6x6 Voigt matrix (GPa)"
 
@@ -101,14 +119,11 @@ def load_records(model: Model, data=None, split: str = "test") -> tuple[list[Any
     return chosen, note
 
 
-def predict_records(model: Model, records, batch_size: int = 8, log=None) -> Evaluated:
+def predict_records(model: Model, records, batch_size: int = 8) -> Evaluated:
     """Every member's Voigt tensors for records (each at its own level of theory)."""
     from .config import theory_index
-    from .train import graphs_for_records
 
-    cache = runtime.cache_root() / "graphs"
-    kwargs = {} if log is None else {"log": log}
-    good, graphs, bad = graphs_for_records(records, model.config.model.cutoff, cache, **kwargs)
+    good, graphs, bad = graphs_for_records(records, model.config.model.cutoff, graph_cache_dir())
     if model.config.model.n_theories:
         try:
             theory = np.array([theory_index(r.theory) for r in good], np.int32)
@@ -235,7 +250,6 @@ def evaluate(
     *,
     split: str = "test",
     batch_size: int = 8,
-    log=None,
 ) -> dict[str, Any]:
     """Metrics and per-crystal predictions of a model on a dataset.
 
@@ -249,7 +263,7 @@ def evaluate(
         except PredictError as e:
             raise EvaluationError(str(e)) from None
     records, note = load_records(model, data, split)
-    ev = predict_records(model, records, batch_size, log)
+    ev = predict_records(model, records, batch_size)
     m = metrics.tensor_metrics(
         ev.mean,
         ev.true,
@@ -275,4 +289,101 @@ def evaluate(
     if model.n_members > 1:
         out["coverage"] = coverage(ev, scale)
         out["sigma_scale"] = scale
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training: weights on a prepared dataset, a run's best bundle, trivial baselines
+# --------------------------------------------------------------------------------------------
+
+
+def predict_irreps(
+    predict_step, params, graphs, buckets, batch_size, stats, dtype, theory=None
+) -> np.ndarray:
+    """Denormalised head outputs ``(n, 21)`` (float64) of one set of weights over graphs, in
+    input order (:func:`e3elastic.interface.predict_irreps` with one member)."""
+    members = [(params, stats)]
+    return interface.predict_irreps(
+        predict_step, members, graphs, buckets, batch_size, dtype, theory
+    )[0]
+
+
+def evaluate_part(pred_irreps, records, config: Config, groups=("theory", "source")) -> dict:
+    """Metrics of head outputs ``(n, 21)`` against records' tensors."""
+    from .interface import voigt_from_outputs
+
+    if len(records) == 0:
+        return {"n": 0}
+    pred = voigt_from_outputs(pred_irreps, config.model)
+    true = np.stack([r.voigt for r in records])
+    return metrics.tensor_metrics(
+        pred,
+        true,
+        [r.crystal_system or "unknown" for r in records],
+        {g: [getattr(r, g) for r in records] for g in groups},
+    )
+
+
+def evaluate_model(
+    predict_step, params, stats, prep: Prepared, part: str, config: Config, dtype
+) -> dict[str, Any]:
+    """Metrics of weights (``predict_step(params, inputs)``, normalised by ``stats``) on one
+    split part of a prepared dataset, in batches of ``config.data.batch_size``."""
+    pred = predict_irreps(
+        predict_step,
+        params,
+        prep.graphs[part],
+        prep.buckets,
+        config.data.batch_size,
+        stats,
+        dtype,
+        prep.theory[part],
+    )
+    return evaluate_part(pred, prep.records[part], config)
+
+
+def final_evaluation(workdir: str | os.PathLike, prep: Prepared) -> dict[str, Any]:
+    """Evaluate the exported best bundle on every part; writes ``final_metrics.json``."""
+    from .checkpoint import load_bundle
+    from .steps import cast_params, create_model, make_predict_step
+
+    config, params, stats, info = load_bundle(Path(workdir) / "best")
+    params = cast_params(params, config)
+    predict_step = make_predict_step(create_model(config))
+    dtype = np.float64 if config.train.dtype == "float64" else np.float32
+    out: dict[str, Any] = {"best_epoch": info.get("epoch")}
+    for part in ("train", "val", "test"):
+        m = out[part] = evaluate_model(predict_step, params, stats, prep, part, config, dtype)
+        if part != "train" and m.get("n"):
+            logger.info(
+                f"{part}: n={m['n']} rel {m['rel_frobenius']:.4f} "
+                f"MAE {m['mae_voigt_GPa']:.2f} GPa, EwT25 {m['ewt_25']:.3f}"
+            )
+    out["baselines"] = baselines(prep)
+    (Path(workdir) / "final_metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True))
+    return out
+
+
+def baselines(prep: Prepared) -> dict[str, Any]:
+    """Test metrics of two trivial predictors: the training-mean tensor, overall and per
+    crystal system (falling back to the overall mean for a system unseen in training)."""
+    train = np.stack([r.voigt for r in prep.records["train"]])
+    mean = train.mean(axis=0)
+    by_system: dict[str, list] = {}
+    for r in prep.records["train"]:
+        by_system.setdefault(r.crystal_system, []).append(r.voigt)
+    system_mean = {k: np.mean(v, axis=0) for k, v in by_system.items()}
+    out = {}
+    for part in ("val", "test"):
+        recs = prep.records[part]
+        if not recs:
+            continue
+        true = np.stack([r.voigt for r in recs])
+        systems = [r.crystal_system or "unknown" for r in recs]
+        overall = np.broadcast_to(mean, true.shape)
+        per_system = np.stack([system_mean.get(s, mean) for s in systems])
+        out[part] = {
+            "train_mean": metrics.tensor_metrics(overall, true),
+            "train_mean_per_crystal_system": metrics.tensor_metrics(per_system, true),
+        }
     return out

@@ -25,16 +25,18 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax
-    from e3elastic import config as C, data, runtime, train
+    from e3elastic import config as cfg, data, runtime, train
+    from e3elastic.prepare import messages_to
     runtime.enable_compilation_cache()
     f, workdir, cache, loop = sys.argv[1:5]
-    cfg = C.tiny().override(["data.batch_size=2", "data.n_buckets=1", "train.epochs=2",
-                             "train.data_parallel=4", "train.learning_rate=0.003",
-                             f"train.loop={loop}"])
+    config = cfg.tiny().override(["data.batch_size=2", "data.n_buckets=1", "train.epochs=2",
+                                  "train.data_parallel=4", "train.learning_rate=0.003",
+                                  f"train.loop={loop}"])
     ds = data.load_dataset(f, subset="all", cache_dir=cache)
     messages = []
-    prep = train.prepare_data(cfg, dataset=ds)
-    train.train_and_evaluate(cfg, workdir, prepared=prep, progress=False, log=messages.append)
+    prep = train.prepare_data(config, dataset=ds)
+    with messages_to(messages.append):
+        train.train_and_evaluate(config, workdir, prepared=prep, progress=False)
     print(json.dumps({"devices": jax.device_count(), "log": messages}))
     """
 )

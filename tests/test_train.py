@@ -15,11 +15,12 @@ import pytest
 jax = pytest.importorskip("jax")
 
 from e3elastic import checkpoint as ckpt  # noqa: E402
-from e3elastic import config as C  # noqa: E402
+from e3elastic import config as cfg  # noqa: E402
 from e3elastic import data, runtime, tensors, train  # noqa: E402
 from e3elastic import graph as G  # noqa: E402
 from e3elastic.cli import main  # noqa: E402
 from e3elastic.model import batch_inputs  # noqa: E402
+from e3elastic.prepare import messages_to  # noqa: E402
 
 runtime.enable_compilation_cache()
 
@@ -106,9 +107,9 @@ def _stop_after(epoch):
 
 
 def _config(**train_kw):
-    cfg = C.tiny()
+    config = cfg.tiny()
     sets = [f"train.{k}={json.dumps(v)}" for k, v in train_kw.items()]
-    return cfg.override([*sets, "data.batch_size=4", "data.n_buckets=1"])
+    return config.override([*sets, "data.batch_size=4", "data.n_buckets=1"])
 
 
 def test_overfit_one_crystal_under_60s():
@@ -116,19 +117,19 @@ def test_overfit_one_crystal_under_60s():
     s = _rocksalt("Mg", "O", 4.21)
     target = _cubic_voigt(297.0, 95.0, 155.0)  # MgO-like, GPa
     x = tensors.voigt_to_irreps(target)
-    cfg = C.tiny()
+    config = cfg.tiny()
     stats = {"shift": np.zeros(21), "scale": np.full(21, np.abs(x).max())}
-    g = G.structure_to_graph(s, cfg.model.cutoff, id="MgO")
+    g = G.structure_to_graph(s, config.model.cutoff, id="MgO")
     b = G.pad_batch(
         [g], G.Bucket(g.n_node + 1, g.n_edge, 2), ((x - stats["shift"]) / stats["scale"])[None]
     )
     inp, tgt = batch_inputs(b, np.float32), b.targets.astype(np.float32)
-    params = train.init_params(cfg, inp, seed=0)
+    params = train.init_params(config, inp, seed=0)
     import optax
 
     tx = optax.adam(optax.cosine_decay_schedule(1e-2, 2000, 0.01))
     opt = tx.init(params)
-    step, predict = train.make_steps(train.create_model(cfg), tx)
+    step, predict = train.make_steps(train.create_model(config), tx)
     rel = np.inf
     for i in range(2000):
         params, opt, _loss, _ = step(params, opt, inp, tgt)
@@ -145,12 +146,12 @@ def test_overfit_one_crystal_under_60s():
 
 def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path):
     # the scan loop: a resumed run is bit for bit the uninterrupted one
-    cfg = _config(epochs=4, learning_rate=3e-3, patience=100, loop="scan")
-    prep = train.prepare_data(cfg, dataset=small_dataset)
+    config = _config(epochs=4, learning_rate=3e-3, patience=100, loop="scan")
+    prep = train.prepare_data(config, dataset=small_dataset)
     assert len(prep.graphs["train"]) >= 8
 
     full = tmp_path / "full"
-    out = train.train_and_evaluate(cfg, full, prepared=prep, progress=False)
+    out = train.train_and_evaluate(config, full, prepared=prep, progress=False)
     lines = (full / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
     assert out["test"]["n"] == len(prep.records["test"])
@@ -159,10 +160,10 @@ def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path
 
     # interrupted after epoch 1 (its checkpoint is written), then resumed
     part = tmp_path / "part"
-    with pytest.raises(Stop):
-        train.train_and_evaluate(cfg, part, prepared=prep, log=_stop_after(1), progress=False)
+    with pytest.raises(Stop), messages_to(_stop_after(1)):
+        train.train_and_evaluate(config, part, prepared=prep, progress=False)
     assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
-    train.train_and_evaluate(cfg, part, prepared=prep, resume=True, progress=False)
+    train.train_and_evaluate(config, part, prepared=prep, resume=True, progress=False)
 
     assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
     assert (part / "best" / "params.npz").read_bytes() == (
@@ -171,32 +172,32 @@ def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path
 
 
 def test_bundle_round_trip_is_bit_identical(small_dataset, tmp_path):
-    cfg = _config(epochs=1)
-    prep = train.prepare_data(cfg, dataset=small_dataset)
+    config = _config(epochs=1)
+    prep = train.prepare_data(config, dataset=small_dataset)
     first = G.pad_batch(prep.graphs["train"][:1], prep.buckets[0])
-    params = train.init_params(cfg, batch_inputs(first, np.float32), seed=3)
+    params = train.init_params(config, batch_inputs(first, np.float32), seed=3)
     stats = {"shift": np.arange(21.0), "scale": np.linspace(1, 3, 21)}
-    net = train.create_model(cfg)
-    _, predict = train.make_steps(net, train._identity_tx())
+    net = train.create_model(config)
+    predict = train.make_predict_step(net)
     graphs = prep.graphs["train"]
     before = train.predict_irreps(predict, params, graphs, prep.buckets, 4, stats, np.float32)
 
-    ckpt.export_bundle(tmp_path / "bundle", cfg, params, stats, {"note": "test"})
-    cfg2, params2, stats2, info = ckpt.load_bundle(tmp_path / "bundle")
-    assert cfg2 == cfg and info == {"note": "test"}
-    net2 = train.create_model(cfg2)
-    _, predict2 = train.make_steps(net2, train._identity_tx())
+    ckpt.export_bundle(tmp_path / "bundle", config, params, stats, {"note": "test"})
+    config2, params2, stats2, info = ckpt.load_bundle(tmp_path / "bundle")
+    assert config2 == config and info == {"note": "test"}
+    net2 = train.create_model(config2)
+    predict2 = train.make_predict_step(net2)
     after = train.predict_irreps(predict2, params2, graphs, prep.buckets, 4, stats2, np.float32)
     assert np.array_equal(before, after)
     assert not np.allclose(before, before[:1])  # predictions differ between crystals
 
 
 def test_bundle_refuses_damage_and_wrong_shapes(tmp_path):
-    cfg = C.tiny()
-    shapes = ckpt.expected_param_shapes(cfg)
+    config = cfg.tiny()
+    shapes = ckpt.expected_param_shapes(config)
     params = ckpt.unflatten_params({k: np.zeros(v, np.float32) for k, v in shapes.items()})
     stats = {"shift": np.zeros(21), "scale": np.ones(21)}
-    b = ckpt.export_bundle(tmp_path / "b", cfg, params, stats)
+    b = ckpt.export_bundle(tmp_path / "b", config, params, stats)
     ckpt.load_bundle(b)  # intact: loads
 
     raw = (b / "params.npz").read_bytes()
@@ -205,7 +206,7 @@ def test_bundle_refuses_damage_and_wrong_shapes(tmp_path):
         ckpt.load_bundle(b)
 
     # a bundle whose weights do not fit its config (written with a consistent manifest)
-    bigger = cfg.override(['model.hidden_irreps="16x0e+2x1o+2x2e+2x4e"'])
+    bigger = config.override(['model.hidden_irreps="16x0e+2x1o+2x2e+2x4e"'])
     b2 = ckpt.export_bundle(tmp_path / "b2", bigger, params, stats)
     with pytest.raises(ckpt.CheckpointError, match="do not match"):
         ckpt.load_bundle(b2)
@@ -233,10 +234,10 @@ def test_an_epoch_compiles_at_most_one_program_per_bucket(tmp_path):
     f = tmp_path / "sizes.json"
     f.write_text(json.dumps(rows))
     ds = data.load_dataset(f, subset="all", cache_dir=tmp_path / "cache")
-    cfg = C.tiny().override(["data.batch_size=3", "data.n_buckets=3", "train.epochs=2"])
-    prep = train.prepare_data(cfg, dataset=ds)
+    config = cfg.tiny().override(["data.batch_size=3", "data.n_buckets=3", "train.epochs=2"])
+    prep = train.prepare_data(config, dataset=ds)
     assert len(prep.buckets) >= 2
-    train.train_and_evaluate(cfg, tmp_path / "run", prepared=prep, progress=False)
+    train.train_and_evaluate(config, tmp_path / "run", prepared=prep, progress=False)
     timing = [json.loads(x) for x in (tmp_path / "run" / "timing.jsonl").read_text().splitlines()]
     for t in timing:
         assert 1 <= t["n_shapes"] <= len(prep.buckets)
@@ -251,18 +252,18 @@ def test_resumed_run_stops_early_at_the_epoch_of_an_uninterrupted_run(val_datase
     # With a zero learning rate the first evaluation (epoch 1) stays the best one, so with
     # eval_every=2 and patience=3 training stops at the first evaluation at least 3 epochs
     # later: epoch 5.
-    cfg = _config(epochs=10, learning_rate=0.0, eval_every=2, patience=3)
-    prep = train.prepare_data(cfg, dataset=val_dataset)
+    config = _config(epochs=10, learning_rate=0.0, eval_every=2, patience=3)
+    prep = train.prepare_data(config, dataset=val_dataset)
     full = tmp_path / "full"
-    out = train.train_and_evaluate(cfg, full, prepared=prep, progress=False)
+    out = train.train_and_evaluate(config, full, prepared=prep, progress=False)
     assert _epochs(full) == [0, 1, 2, 3, 4, 5]
     assert out["best_epoch"] == 1
 
     part = tmp_path / "part"
-    with pytest.raises(Stop):
-        train.train_and_evaluate(cfg, part, prepared=prep, log=_stop_after(2), progress=False)
+    with pytest.raises(Stop), messages_to(_stop_after(2)):
+        train.train_and_evaluate(config, part, prepared=prep, progress=False)
     assert not (part / ".lock").exists()
-    resumed = train.train_and_evaluate(cfg, part, prepared=prep, resume=True, progress=False)
+    resumed = train.train_and_evaluate(config, part, prepared=prep, resume=True, progress=False)
     assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
     assert resumed["best_epoch"] == out["best_epoch"]
 
@@ -273,9 +274,9 @@ def test_unwritable_graph_cache_warns_and_training_goes_on(
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     monkeypatch.setenv("E3ELASTIC_CACHE", str(not_a_folder / "cache"))
-    cfg = _config(epochs=1)
-    prep = train.prepare_data(cfg, dataset=small_dataset)
-    out = train.train_and_evaluate(cfg, tmp_path / "run", prepared=prep, progress=False)
+    config = _config(epochs=1)
+    prep = train.prepare_data(config, dataset=small_dataset)
+    out = train.train_and_evaluate(config, tmp_path / "run", prepared=prep, progress=False)
     assert out["test"]["n"] == len(prep.records["test"])
     err = capsys.readouterr().err
     assert "warning: cannot write graph cache" in err and str(not_a_folder) in err
@@ -298,12 +299,12 @@ def test_unwritable_graph_cache_warns_and_training_goes_on(
 def test_override_refuses_values_of_the_wrong_type(assignment, expected, shown):
     key = assignment.partition("=")[0]
     with pytest.raises(ValueError) as err:
-        C.tiny().override([assignment])
+        cfg.tiny().override([assignment])
     assert str(err.value) == f"{key} expects {expected}, got {shown}"
 
 
 def test_override_accepts_values_of_the_right_type():
-    cfg = C.tiny().override(
+    config = cfg.tiny().override(
         [
             "model.cutoff=6",
             "model.radial_hidden=[8, 8]",
@@ -313,23 +314,23 @@ def test_override_accepts_values_of_the_right_type():
             "data.data=/some/file.json",
         ]
     )
-    assert cfg.model.cutoff == 6.0 and isinstance(cfg.model.cutoff, float)
-    assert cfg.model.radial_hidden == (8, 8) and cfg.model.even_last_layer is False
-    assert (cfg.train.dtype, cfg.train.max_minutes) == ("float64", 1.5)
-    assert cfg.data.data == "/some/file.json"
-    assert cfg.override(["data.data=null"]).data.data is None
-    assert C.Config.from_json(cfg.to_json()) == cfg
+    assert config.model.cutoff == 6.0 and isinstance(config.model.cutoff, float)
+    assert config.model.radial_hidden == (8, 8) and config.model.even_last_layer is False
+    assert (config.train.dtype, config.train.max_minutes) == ("float64", 1.5)
+    assert config.data.data == "/some/file.json"
+    assert config.override(["data.data=null"]).data.data is None
+    assert cfg.Config.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match=r"model\.head"):
-        cfg.override(["model.head=cubic"])
+        config.override(["model.head=cubic"])
 
 
 def test_resume_with_changed_options_is_refused(small_dataset, tmp_path, capsys):
-    cfg = _config(epochs=1)
-    prep = train.prepare_data(cfg, dataset=small_dataset)
+    config = _config(epochs=1)
+    prep = train.prepare_data(config, dataset=small_dataset)
     w = tmp_path / "run"
-    train.train_and_evaluate(cfg, w, prepared=prep, progress=False)
+    train.train_and_evaluate(config, w, prepared=prep, progress=False)
 
-    changed = cfg.override(["train.epochs=2", "model.cutoff=6.0"])
+    changed = config.override(["train.epochs=2", "model.cutoff=6.0"])
     with pytest.raises(train.TrainingError) as err:
         train.train_and_evaluate(changed, w, prepared=prep, resume=True, progress=False)
     msg = str(err.value)
@@ -344,7 +345,8 @@ def test_resume_with_changed_options_is_refused(small_dataset, tmp_path, capsys)
     assert "model.cutoff" not in err and "Traceback" not in err
 
     msgs: list[str] = []
-    train.train_and_evaluate(cfg, w, prepared=prep, resume=True, log=msgs.append, progress=False)
+    with messages_to(msgs.append):
+        train.train_and_evaluate(config, w, prepared=prep, resume=True, progress=False)
     assert any(m.startswith("resumed from step 0") for m in msgs), msgs
 
 
@@ -353,16 +355,16 @@ def test_empty_training_split_names_the_filter_that_emptied_it(tmp_path, monkeyp
     rows = json.loads(_user_file(tmp_path / "rocksalt.json").read_text())[:6]
     f = tmp_path / "b3lyp.json"
     f.write_text(json.dumps([r | {"theory": "B3LYP-D2"} for r in rows]))
-    cfg = C.tiny().override([f"data.data={json.dumps(str(f))}"])
-    assert cfg.data.subset == "pbe"
+    config = cfg.tiny().override([f"data.data={json.dumps(str(f))}"])
+    assert config.data.subset == "pbe"
     with pytest.raises(train.TrainingError, match="training split is empty") as err:
-        train.prepare_data(cfg)
+        train.prepare_data(config)
     msg = str(err.value)
     assert "6 entries read" in msg, msg
     assert "data.subset 'pbe' removed 6 (B3LYP-D2 6)" in msg and "--subset all" in msg, msg
 
     with pytest.raises(train.TrainingError) as err:
-        train.prepare_data(cfg.override(['data.subset="all"', "data.max_sites=1"]))
+        train.prepare_data(config.override(['data.subset="all"', "data.max_sites=1"]))
     msg = str(err.value)
     assert "6 entries read" in msg and "subset" not in msg, msg
     assert "6 dropped as 'too many sites'" in msg and "data.max_sites" in msg, msg
@@ -373,10 +375,10 @@ def test_a_live_lock_refuses_a_second_trainer(small_dataset, tmp_path, capsys):
     w.mkdir()
     lock = w / ".lock"
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    cfg = _config(epochs=1)
-    prep = train.prepare_data(cfg, dataset=small_dataset)
+    config = _config(epochs=1)
+    prep = train.prepare_data(config, dataset=small_dataset)
     with pytest.raises(train.TrainingError, match=f"in use by process {os.getpid()}"):
-        train.train_and_evaluate(cfg, w, prepared=prep, progress=False)
+        train.train_and_evaluate(config, w, prepared=prep, progress=False)
     capsys.readouterr()
     assert main(["train", "--config", "tiny", "--workdir", str(w), "--resume"]) == 2
     err = capsys.readouterr().err
@@ -391,8 +393,8 @@ def test_a_stale_lock_is_taken_over(small_dataset, tmp_path):
     w = tmp_path / "run"
     w.mkdir()
     (w / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
-    cfg = _config(epochs=1)
-    prep = train.prepare_data(cfg, dataset=small_dataset)
+    config = _config(epochs=1)
+    prep = train.prepare_data(config, dataset=small_dataset)
     msgs: list[str] = []
     holders: list[int] = []
 
@@ -401,7 +403,8 @@ def test_a_stale_lock_is_taken_over(small_dataset, tmp_path):
         if msg.startswith("epoch 0:"):
             holders.append(json.loads((w / ".lock").read_text())["pid"])
 
-    train.train_and_evaluate(cfg, w, prepared=prep, resume=True, log=log, progress=False)
+    with messages_to(log):
+        train.train_and_evaluate(config, w, prepared=prep, resume=True, progress=False)
     assert any("stale lock" in m and str(gone.pid) in m for m in msgs), msgs
     assert holders == [os.getpid()]
     assert not (w / ".lock").exists()
@@ -441,8 +444,8 @@ def sizes_dataset(tmp_path_factory):
 
 def _loop_config(loop, **train_kw):
     """Two buckets and volume augmentation, so bucket order and step keys both matter."""
-    cfg = _config(loop=loop, **train_kw)
-    return cfg.override(["data.n_buckets=2", "data.batch_size=3", "train.volume_strain=0.03"])
+    config = _config(loop=loop, **train_kw)
+    return config.override(["data.n_buckets=2", "data.batch_size=3", "train.volume_strain=0.03"])
 
 
 def _metrics(workdir):
@@ -450,17 +453,17 @@ def _metrics(workdir):
 
 
 def test_loop_setting_is_checked_and_old_configs_load_with_scan():
-    d = C.tiny().to_dict()
+    d = cfg.tiny().to_dict()
     del d["train"]["loop"]  # a config.json written before the setting existed
-    assert C.Config.from_dict(d).train.loop == "scan"
-    assert C.tiny().override(["train.loop=python"]).train.loop == "python"
+    assert cfg.Config.from_dict(d).train.loop == "scan"
+    assert cfg.tiny().override(["train.loop=python"]).train.loop == "python"
     with pytest.raises(ValueError, match=r"train\.loop"):
-        C.tiny().override(["train.loop=while"])
+        cfg.tiny().override(["train.loop=while"])
 
 
 def test_plan_is_fixed_and_epoch_order_permutes_buckets_and_steps(sizes_dataset):
-    cfg = _loop_config("scan")
-    prep = train.prepare_data(cfg, dataset=sizes_dataset)
+    config = _loop_config("scan")
+    prep = train.prepare_data(config, dataset=sizes_dataset)
     seed = train.epoch_seed(0, 0)
     kw = dict(batch_size=3, buckets=prep.buckets, n_sub=1, seed=seed, dtype=np.float32)
     plan = train.plan_steps(prep.graphs["train"], prep.irreps["train"], **kw)
@@ -486,8 +489,8 @@ def test_scan_and_python_loops_give_the_same_metrics(sizes_dataset, tmp_path):
     rows = {}
     for loop in ("scan", "python"):
         w = tmp_path / loop
-        cfg = _loop_config(loop, epochs=3, patience=100)
-        train.train_and_evaluate(cfg, w, prepared=prep, progress=False)
+        config = _loop_config(loop, epochs=3, patience=100)
+        train.train_and_evaluate(config, w, prepared=prep, progress=False)
         rows[loop] = _metrics(w)
     scan, python = rows["scan"], rows["python"]
     assert [r["epoch"] for r in scan] == [r["epoch"] for r in python] == [0, 1, 2]
@@ -502,8 +505,8 @@ def test_scan_and_python_loops_give_the_same_metrics(sizes_dataset, tmp_path):
 
 
 def test_scan_loop_brings_results_back_once_per_bucket(sizes_dataset, tmp_path, monkeypatch):
-    cfg = _loop_config("scan", epochs=2)
-    prep = train.prepare_data(cfg, dataset=sizes_dataset)
+    config = _loop_config("scan", epochs=2)
+    prep = train.prepare_data(config, dataset=sizes_dataset)
     plans, fetches, calls, per_epoch = [], [], [], []
     real_plan, real_fetch, real_scan = train.plan_steps, train._fetch, train.make_scan
 
@@ -539,7 +542,8 @@ def test_scan_loop_brings_results_back_once_per_bucket(sizes_dataset, tmp_path, 
     monkeypatch.setattr(
         train, "make_steps", lambda *a, **kw: (no_step, real_make_steps(*a, **kw)[1])
     )
-    train.train_and_evaluate(cfg, tmp_path / "run", prepared=prep, log=log, progress=False)
+    with messages_to(log):
+        train.train_and_evaluate(config, tmp_path / "run", prepared=prep, progress=False)
     (plan,) = plans
     n_buckets, n_steps = len(plan), sum(len(bs.steps) for bs in plan)
     assert n_buckets == 2
@@ -557,11 +561,11 @@ def test_scan_loop_non_finite_loss_names_the_crystal_and_saves_nothing(
 
     from e3elastic import model as model_mod
 
-    cfg = _loop_config("scan", epochs=3, patience=100)
-    prep = train.prepare_data(cfg, dataset=sizes_dataset)
+    config = _loop_config("scan", epochs=3, patience=100)
+    prep = train.prepare_data(config, dataset=sizes_dataset)
     w = tmp_path / "run"
-    with pytest.raises(Stop):
-        train.train_and_evaluate(cfg, w, prepared=prep, log=_stop_after(0), progress=False)
+    with pytest.raises(Stop), messages_to(_stop_after(0)):
+        train.train_and_evaluate(config, w, prepared=prep, progress=False)
     cps = ckpt.TrainCheckpoints(w)
     try:
         assert cps.steps() == [0]
@@ -580,7 +584,7 @@ def test_scan_loop_non_finite_loss_names_the_crystal_and_saves_nothing(
     monkeypatch.setattr(model_mod, "irrep_stats", lambda irreps: real_stats(clean))
     bad_prep = dataclasses.replace(prep, irreps=poisoned)
     with pytest.raises(train.TrainingError, match="non-finite loss at epoch 1") as err:
-        train.train_and_evaluate(cfg, w, prepared=bad_prep, resume=True, progress=False)
+        train.train_and_evaluate(config, w, prepared=bad_prep, resume=True, progress=False)
     msg = str(err.value)
     assert victim in msg and "--resume" in msg and "intact" in msg, msg
     others = [r.id for r in prep.records["train"] if r.id != victim]
@@ -593,3 +597,11 @@ def test_scan_loop_non_finite_loss_names_the_crystal_and_saves_nothing(
         cps.close()
     assert {f.name: f.read_bytes() for f in (w / "best").iterdir()} == best_before
     assert (w / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_evaluation_and_inference_do_not_import_the_optimizer():
+    code = "import sys, e3elastic.evaluation, e3elastic.inference; print('optax' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -1,0 +1,232 @@
+"""The data of a training run: crystal graphs, head targets and padded shapes, by split part.
+
+:func:`prepare_data` loads the dataset of ``config.data`` (:func:`e3elastic.data.load_for_config`),
+keeps the crystals the model's head can learn, builds their graphs (cached on disk, see
+:func:`graphs_for_records`), turns each tensor into the irreps the head learns
+(:func:`e3elastic.interface.targets_from_voigt`) and chooses padded batch shapes from the training
+graphs' sizes. It needs neither JAX nor the optimizer, so evaluation can share it.
+
+Messages (a crystal left out, and why) go to ``logging.getLogger("e3elastic.prepare")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from . import data as data_mod
+from . import graph as graph_mod
+from . import tensors
+from .config import Config, theory_index
+from .errors import E3ElasticError
+from .tensors import N_IRREPS
+
+__all__ = [
+    "Prepared",
+    "TrainingError",
+    "graphs_for_records",
+    "prepare_data",
+    "theory_indices",
+    "training_set_counts",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(E3ElasticError, RuntimeError):
+    """Training cannot go on (bad data, non-finite loss); the message says why."""
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Graphs and targets of one dataset, by split part."""
+
+    dataset: Any
+    graphs: dict[str, list]  # part -> [CrystalGraph]
+    records: dict[str, list]  # part -> [Record]
+    irreps: dict[str, np.ndarray]  # part -> (n, 21) head targets (GPa, or log units)
+    buckets: tuple
+    dropped: list[tuple[str, str]]
+    theory: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # part -> (n,) int
+
+
+@contextlib.contextmanager
+def messages_to(log: Callable[[str], Any] | None) -> Iterator[None]:
+    """Also hand every ``e3elastic`` log message to ``log`` while the block runs (nothing when
+    ``log`` is None). Kept for callers that pass a ``log=`` callable; an exception it raises
+    propagates to the code that logged."""
+    if log is None:
+        yield
+        return
+    package = logging.getLogger("e3elastic")
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log(record.getMessage())
+
+    handler, level = Forward(logging.INFO), package.level
+    package.addHandler(handler)
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+
+
+def theory_indices(records, config: Config) -> np.ndarray:
+    """``(n,)`` level-of-theory inputs of records (all 0 for a model without that input)."""
+    if not config.model.n_theories:
+        return np.zeros(len(records), np.int32)
+    out = []
+    for r in records:
+        try:
+            out.append(theory_index(r.theory))
+        except ValueError as e:
+            raise TrainingError(f"{r.id}: {e}") from None
+    return np.asarray(out, np.int32)
+
+
+def _head_ready(records, config: Config) -> tuple[list, list[tuple[str, str]]]:
+    """Records the head can learn: the log head needs a positive-definite C."""
+    if config.model.head != "log":
+        return list(records), []
+    good, bad = [], []
+    for r in records:
+        if np.linalg.eigvalsh(tensors.voigt_to_mandel(r.voigt)).min() > 0:
+            good.append(r)
+        else:
+            bad.append((r.id, "not positive-definite; the log head cannot learn it"))
+    return good, bad
+
+
+def graphs_for_records(records, cutoff: float, cache_dir=None):
+    """``(records kept, their graphs, [(id, reason) left out])``: a record whose graph fails is
+    logged and left out."""
+    items = [(r.id, r.structure) for r in records]
+    try:
+        return list(records), graph_mod.build_graphs_cached(items, cutoff, cache_dir), []
+    except graph_mod.GraphError:
+        pass
+    good, bad = [], []
+    for r in records:
+        try:
+            graph_mod.structure_to_graph(r.structure, cutoff, id=r.id)
+            good.append(r)
+        except graph_mod.GraphError as e:
+            bad.append((r.id, str(e)))
+            logger.info(f"skipping {r.id}: {e}")
+    graphs = graph_mod.build_graphs_cached([(r.id, r.structure) for r in good], cutoff, cache_dir)
+    return good, graphs, bad
+
+
+def graph_cache_dir():
+    """Where built graphs are kept between runs."""
+    from .runtime import cache_root
+
+    return cache_root() / "graphs"
+
+
+#: The setting to change when validation drops crystals for a reason.
+_REASON_SETTINGS = {
+    "too many sites": "data.max_sites",
+    "isolated atom": "model.cutoff",
+    "not positive definite": "data.keep_unstable",
+    "frame mismatch": "data.tolerance",
+}
+
+
+def _empty_split_message(dataset, dropped: list[tuple[str, str]], config: Config) -> str:
+    """Why nothing is left to train on: entries read, and what each filter removed."""
+    report = dataset.report
+    settings = config.to_dict()
+    read = sum(s["read"] for s in report["sources"].values())
+    parts = [f"{read} entries read"]
+    for kind, n in Counter(d.kind for d in dataset.dropped).most_common():
+        text = f"{n} dropped as {kind!r}"
+        if kind in _REASON_SETTINGS:
+            key = _REASON_SETTINGS[kind]
+            section, name = key.split(".")
+            text += f" (change {key}, now {json.dumps(settings[section][name])})"
+        parts.append(text)
+    removed = report.get("subset_removed", {})
+    if removed.get("total"):
+        by = ", ".join(f"{k} {v}" for k, v in removed["by_theory"].items())
+        parts.append(
+            f"data.subset {config.data.subset!r} removed {removed['total']} ({by}); keep them "
+            "with --subset all"
+        )
+    if dropped:
+        first_id, reason = dropped[0]
+        parts.append(f"{len(dropped)} left out by the model (first {first_id}: {reason})")
+    sizes = ", ".join(f"{p} {len(dataset.split[p])}" for p in ("train", "val", "test"))
+    parts.append(f"{len(dataset.records)} crystals left ({sizes})")
+    return "the training split is empty: " + "; ".join(parts)
+
+
+def prepare_data(config: Config, dataset=None, log=None) -> Prepared:
+    """Load the dataset of ``config.data`` (unless given), build graphs and buckets.
+
+    ``log``: a callable also given every message (for older callers; prefer ``logging``).
+    """
+    with messages_to(log):
+        return _prepare(config, dataset)
+
+
+def _prepare(config: Config, dataset) -> Prepared:
+    from .interface import targets_from_voigt
+
+    dc, mc = config.data, config.model
+    if dataset is None:
+        dataset = data_mod.load_for_config(config)
+    graphs, records, irreps, theory, dropped = {}, {}, {}, {}, []
+    for part in ("train", "val", "test"):
+        recs, bad = _head_ready(dataset.part(part), config)
+        dropped += bad
+        good, gs, bad = graphs_for_records(recs, mc.cutoff, graph_cache_dir())
+        dropped += bad
+        graphs[part], records[part] = gs, good
+        irreps[part] = (
+            targets_from_voigt(np.stack([r.voigt for r in good]), mc)
+            if good
+            else np.zeros((0, N_IRREPS))
+        )
+        theory[part] = theory_indices(good, config)
+    if not graphs["train"]:
+        raise TrainingError(_empty_split_message(dataset, dropped, config))
+    buckets = graph_mod.make_buckets(graphs["train"], dc.batch_size, dc.n_buckets, seed=dc.seed)
+    return Prepared(dataset, graphs, records, irreps, buckets, dropped, theory)
+
+
+def training_set_counts(records) -> dict[str, Any]:
+    """What a model was trained on, for its bundle: crystals per element (a crystal counts
+    once per element it contains) and per level of theory, and the range of volume per atom
+    (Angstrom^3) and of nearest-neighbour distance ratios, for domain checks at prediction."""
+    elements: Counter = Counter()
+    theory: Counter = Counter()
+    volume_per_atom = []
+    for r in records:
+        elements.update({str(el) for el in r.structure.composition.elements})
+        theory[r.theory] += 1
+        volume_per_atom.append(r.structure.volume / max(len(r.structure), 1))
+    v = np.asarray(volume_per_atom) if volume_per_atom else np.zeros(1)
+    return {
+        "n_crystals": len(records),
+        "elements": dict(sorted(elements.items())),
+        "theory": dict(sorted(theory.items())),
+        "volume_per_atom_A3": {
+            "min": float(v.min()),
+            "p01": float(np.quantile(v, 0.01)),
+            "median": float(np.median(v)),
+            "p99": float(np.quantile(v, 0.99)),
+            "max": float(v.max()),
+        },
+    }

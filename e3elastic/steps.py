@@ -1,0 +1,271 @@
+"""The model, the optimizer and the jitted steps that train it; the state they change.
+
+* :func:`create_model`, :func:`init_params`, :func:`cast_params`: the network of a config and
+  its weights in the training dtype;
+* :func:`create_optimizer`: optax Adam(W), linear warm-up then cosine decay, gradient clipping;
+* :func:`volume_augmentation`: isotropic scaling of part of every batch, targets following
+  Murnaghan's law;
+* :func:`per_graph_loss`: the mean squared error over the 21 normalised irreps coefficients
+  of each crystal (for the log head, the log-Euclidean distance: a relative error);
+* :func:`make_steps` (one jitted step per batch, and the prediction step), :func:`make_scan`
+  (a bucket's steps in one ``jax.lax.scan``), both built on :func:`train_step_function`;
+* :class:`TrainState`: params, optimizer state, the last finished epoch and the best
+  validation score so far, saved and restored whole.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from . import tensors
+from .config import Config
+from .prepare import TrainingError
+
+__all__ = [
+    "TrainState",
+    "cast_params",
+    "create_model",
+    "create_optimizer",
+    "init_params",
+    "make_predict_step",
+    "make_scan",
+    "make_steps",
+    "per_graph_loss",
+    "train_step_function",
+    "volume_augmentation",
+]
+
+
+def create_model(config: Config):
+    from .model import ElasticityNet
+
+    return ElasticityNet(config.model)
+
+
+def init_params(config: Config, example_inputs: dict, seed: int):
+    net = create_model(config)
+    params = jax.jit(net.init)(jax.random.PRNGKey(seed), example_inputs)
+    return cast_params(params, config)
+
+
+def cast_params(params, config: Config):
+    dtype = jnp.float64 if config.train.dtype == "float64" else jnp.float32
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+
+
+def create_optimizer(config: Config, steps_per_epoch: int):
+    """``(optax transformation, learning-rate schedule)`` of ``config.train``."""
+    tc = config.train
+    total = max(1, tc.epochs * steps_per_epoch)
+    warmup = min(total - 1, max(1, round(tc.warmup_epochs * steps_per_epoch)))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=tc.learning_rate * 0.01,
+        peak_value=tc.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=total,
+        end_value=tc.learning_rate * tc.final_lr_fraction,
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(tc.clip_norm),
+        optax.adamw(schedule, weight_decay=tc.weight_decay),
+    )
+    return tx, schedule
+
+
+def volume_augmentation(config: Config, stats: dict[str, np.ndarray]):
+    """``augment(key, inputs, targets) -> (inputs, targets)`` for one padded batch, or None.
+
+    With ``train.volume_strain = a`` > 0, each real crystal is, with probability
+    ``train.volume_fraction``, scaled isotropically by ``s ~ U[1 - a, 1 + a]`` (lattice and
+    positions; the neighbour list is kept and edges that leave the cutoff fade out through the
+    envelope). Its target becomes ``C' = C (V0/V)^K'`` with ``V/V0 = s^3`` and
+    ``K' = train.volume_exponent``: Murnaghan's ``K(V) = K0 (V0/V)^K'`` for every component.
+    For the log head that only adds ``-3 K' ln(s)`` times the Mandel identity to L. Targets
+    are in the normalised units of ``stats``.
+    """
+    tc, head = config.train, config.model.head
+    if tc.volume_strain <= 0:
+        return None
+    if not 0 < tc.volume_strain < 0.5:
+        raise TrainingError(f"train.volume_strain must be in (0, 0.5), got {tc.volume_strain}")
+    shift = np.asarray(stats["shift"], np.float64)
+    scale = np.asarray(stats["scale"], np.float64)
+    unit = tensors.voigt_to_irreps(tensors.MANDEL_IDENTITY_VOIGT) / scale  # (21,) normalised
+    a, fraction, exponent = tc.volume_strain, tc.volume_fraction, tc.volume_exponent
+
+    def augment(key, inputs, targets):
+        dtype = inputs["positions"].dtype
+        n_graph = inputs["lattice"].shape[0]
+        k_scale, k_pick = jax.random.split(key)
+        s = jax.random.uniform(k_scale, (n_graph,), dtype, 1.0 - a, 1.0 + a)
+        picked = (jax.random.uniform(k_pick, (n_graph,), dtype) < fraction) & inputs["graph_mask"]
+        s = jnp.where(picked, s, 1.0)  # (G,)
+        inputs = dict(
+            inputs,
+            positions=inputs["positions"] * s[inputs["node_graph"]][:, None],
+            lattice=inputs["lattice"] * s[:, None, None],
+        )
+        log_factor = (-3.0 * exponent) * jnp.log(s)  # ln(C'/C), (G,)
+        if head == "log":
+            targets = targets + log_factor[:, None] * jnp.asarray(unit, dtype)[None, :]
+        else:
+            f = jnp.exp(log_factor)[:, None]
+            sh, sc = jnp.asarray(shift, dtype), jnp.asarray(scale, dtype)
+            targets = (f * (sh + sc * targets) - sh) / sc
+        return inputs, targets
+
+    return augment
+
+
+def per_graph_loss(net, params, inputs, targets, key=None, augment=None):
+    """``(loss (G,), mask (G,))``: each graph slot's mean squared error over the normalised
+    irreps (after ``augment`` with ``key``, when given), and 1 for real graphs, 0 for padding."""
+    if augment is not None:
+        inputs, targets = augment(key, inputs, targets)
+    y = net.apply(params, inputs)  # (G, 21) normalised
+    return jnp.mean((y - targets) ** 2, axis=-1), inputs["graph_mask"].astype(y.dtype)
+
+
+def train_step_function(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
+    """The un-jitted ``step(params, opt_state, inputs, targets, step)`` of :func:`make_steps`:
+    returns ``(params, opt_state, loss, per-graph losses)``."""
+
+    def graph_losses(params, inputs, targets, key):
+        return per_graph_loss(net, params, inputs, targets, key, augment)
+
+    def batch_loss(params, inputs, targets, step):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0 if step is None else step)
+        if n_sub == 1:
+            per_graph, mask = graph_losses(params, inputs, targets, key)  # (G,)
+        else:
+            keys = jax.random.split(key, n_sub)
+            per_graph, mask = jax.vmap(graph_losses, in_axes=(None, 0, 0, 0))(
+                params, inputs, targets, keys
+            )  # (n_sub, G)
+        loss = jnp.sum(per_graph * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return loss, per_graph
+
+    def train_step(params, opt_state, inputs, targets, step=None):
+        (loss, per_graph), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+            params, inputs, targets, step
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, loss, per_graph
+
+    return train_step
+
+
+def make_predict_step(net):
+    """Jitted ``predict_step(params, inputs) -> (G, 21)`` normalised head outputs."""
+
+    @jax.jit
+    def predict_step(params, inputs):
+        return net.apply(params, inputs)
+
+    return predict_step
+
+
+def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
+    """Jitted ``train_step(params, opt_state, inputs, targets, step)`` and ``predict_step``.
+
+    With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
+    ``n_sub`` padded sub-batches (one per device when sharded, see
+    :class:`e3elastic.parallel.DataParallel`); the loss is the mean over every real crystal of
+    all sub-batches, so the result does not depend on how the sub-batches are spread over
+    devices. ``augment`` (see :func:`volume_augmentation`) is applied with a key derived from
+    ``(seed, step)``, so a resumed run draws the same scalings as an uninterrupted one;
+    ``step`` is unused without it.
+    """
+    train_step = jax.jit(train_step_function(net, tx, n_sub, augment, seed))
+    return train_step, make_predict_step(net)
+
+
+def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None):
+    """Jitted ``run(params, opt_state, inputs, targets, order, steps)``: several train steps of
+    one bucket in a single ``jax.lax.scan``.
+
+    ``inputs`` and ``targets`` hold a bucket's steps stacked on a leading axis (as
+    :meth:`e3elastic.parallel.DataParallel.shard_steps` places them); step ``i`` of the scan
+    trains on the stacked entry ``order[i]`` with the augmentation key of global step
+    ``steps[i]``, exactly as :func:`make_steps`' ``train_step(params, opt_state,
+    inputs[order[i]], targets[order[i]], steps[i])`` would. Params and optimizer state are
+    donated. Returns ``(params, opt_state, losses, bad)``: ``losses (n,)`` the loss of each
+    step, ``bad (n, [n_sub,] G)`` True where a graph slot's loss was not finite (replicated
+    over ``mesh``, so every process can read it).
+    """
+    step = train_step_function(net, tx, n_sub, augment, seed)
+
+    def run(params, opt_state, inputs, targets, order, steps):
+        def body(carry, x):
+            j, k = x
+
+            def take(a):
+                return jax.lax.dynamic_index_in_dim(a, j, 0, keepdims=False)
+
+            p, o, loss, per_graph = step(*carry, jax.tree.map(take, inputs), take(targets), k)
+            return (p, o), (loss, ~jnp.isfinite(per_graph))
+
+        (params, opt_state), (losses, bad) = jax.lax.scan(body, (params, opt_state), (order, steps))
+        if mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            bad = jax.lax.with_sharding_constraint(bad, NamedSharding(mesh, PartitionSpec()))
+        return params, opt_state, losses, bad
+
+    return jax.jit(run, donate_argnums=(0, 1))
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a run carries from one epoch to the next, saved and restored whole.
+
+    ``params`` and ``opt_state`` are the pytree's leaves; ``epoch`` (the last finished epoch,
+    -1 before the first), ``best_score`` and ``best_epoch`` (the best validation score so far
+    and its epoch) ride along as static fields.
+
+    On disk (:class:`e3elastic.checkpoint.TrainCheckpoints`) the arrays are
+    ``{"params", "opt_state", "epoch"}`` (:meth:`arrays`) and the best-so-far record is the
+    JSON ``meta["best"] = {"score", "epoch"}`` (:meth:`best`).
+    """
+
+    params: Any
+    opt_state: Any
+    epoch: int = struct.field(pytree_node=False, default=-1)
+    best_score: float = struct.field(pytree_node=False, default=math.inf)
+    best_epoch: int = struct.field(pytree_node=False, default=-1)
+
+    @classmethod
+    def create(cls, params, tx) -> TrainState:
+        return cls(params=params, opt_state=tx.init(params))
+
+    def arrays(self) -> dict[str, Any]:
+        """The checkpoint's array part."""
+        return {"params": self.params, "opt_state": self.opt_state, "epoch": np.int64(self.epoch)}
+
+    def best(self) -> dict[str, Any]:
+        """The checkpoint's early-stopping record."""
+        return {"score": self.best_score, "epoch": self.best_epoch}
+
+    def abstract_arrays(self) -> dict[str, Any]:
+        """Shapes and dtypes of :meth:`arrays`, to restore a checkpoint into."""
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), self.arrays())
+
+    @classmethod
+    def restored(cls, arrays: dict[str, Any], meta: dict[str, Any]) -> TrainState:
+        """The state of a checkpoint: its :meth:`arrays` and ``meta``."""
+        best = meta.get("best", {"score": math.inf, "epoch": -1})
+        return cls(
+            params=arrays["params"],
+            opt_state=arrays["opt_state"],
+            epoch=int(arrays["epoch"]),
+            best_score=best["score"],
+            best_epoch=best["epoch"],
+        )
