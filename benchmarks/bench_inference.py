@@ -35,17 +35,17 @@ def main() -> None:
 
     import jax
 
-    from e3elastic import config as C
+    from e3elastic import config as cfg
     from e3elastic import data, graph, train
     from e3elastic.model import batch_inputs
 
-    cfg = C.preset(args.config).override(args.set)
+    config = cfg.preset(args.config).override(args.set)
     folder = Path(os.environ.get("E3ELASTIC_DATA", "../shared/data"))
     recs = data.read_file(folder / "matminer_elastic_tensor_2015.json.gz").records[: args.n]
-    graphs = [graph.structure_to_graph(r.structure, cfg.model.cutoff, id=r.id) for r in recs]
-    net = train.create_model(cfg)
+    graphs = [graph.structure_to_graph(r.structure, config.model.cutoff, id=r.id) for r in recs]
+    net = train.create_model(config)
     first = graph.pad_batch(graphs[:1], graph.Bucket(256, 16384, 2))
-    params = train.init_params(cfg, batch_inputs(first, np.float32), 0)
+    params = train.init_params(config, batch_inputs(first, np.float32), 0)
     rows = []
     for bs in args.batch_sizes:
         buckets = graph.make_buckets(graphs, bs, 1)
@@ -86,7 +86,7 @@ def main() -> None:
         )
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
-        "config": cfg.name,
+        "config": config.name,
         "overrides": args.set,
         "crystals": len(graphs),
         "rows": rows,
@@ -101,7 +101,7 @@ def main() -> None:
             f"{r['compile_s']:.1f} | {r['gflop_per_crystal']:.3f} | {r['achieved_gflops']:.1f} |"
         )
     print(f"peak RSS {peak_rss_mb:.0f} MB on {result['device']} ({result['platform']})")
-    out = Path(__file__).parent / "results" / f"inference_{cfg.name}{args.tag}.json"
+    out = Path(__file__).parent / "results" / f"inference_{config.name}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 

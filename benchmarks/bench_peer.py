@@ -518,33 +518,35 @@ def main() -> None:
 
     import e3elastic
     from e3elastic import checkpoint, graph, train
-    from e3elastic import config as C
+    from e3elastic import config as cfg
     from e3elastic.model import batch_inputs
 
     torch.set_num_threads(args.threads)
-    cfg = C.default()
+    config = cfg.default()
 
     # parameters: the current default architecture, and the shipped weights
-    n_jax = int(sum(np.prod(s) for s in checkpoint.expected_param_shapes(cfg).values()))
+    n_jax = int(sum(np.prod(s) for s in checkpoint.expected_param_shapes(config).values()))
     shipped = e3elastic.load_model("default")
-    if shipped.config.model != cfg.model:
+    if shipped.config.model != config.model:
         raise SystemExit("the shipped default model is not the current default architecture")
     if shipped.n_parameters != n_jax:
         raise SystemExit(f"shipped default has {shipped.n_parameters} parameters, config {n_jax}")
     params = jax.tree.map(lambda a: jax.numpy.asarray(a, jax.numpy.float32), shipped.members[0][0])
 
-    port = TorchElasticityNet(cfg.model)
+    port = TorchElasticityNet(config.model)
     n_torch = count_torch(port)
     assert n_torch == n_jax, f"parameter counts differ: JAX {n_jax}, PyTorch {n_torch}"
     load_flax_params(port, checkpoint.flatten_params(params))
 
     # crystals and padded batches (shared by both networks)
-    recs = _load_crystals(args.data, args.n, cfg)
-    graphs = [graph.structure_to_graph(r.structure, cfg.model.cutoff, id=r.id) for r in recs]
-    theories = np.array([C.theory_index(r.theory) for r in recs], np.int32)
+    recs = _load_crystals(args.data, args.n, config)
+    graphs = [graph.structure_to_graph(r.structure, config.model.cutoff, id=r.id) for r in recs]
+    theories = np.array([cfg.theory_index(r.theory) for r in recs], np.int32)
     targets = np.random.default_rng(0).normal(size=(len(graphs), 21)).astype(np.float32)
-    buckets = graph.make_buckets(graphs, cfg.data.batch_size, cfg.data.n_buckets)
-    batches = list(graph.batches(graphs, targets, batch_size=cfg.data.batch_size, buckets=buckets))
+    buckets = graph.make_buckets(graphs, config.data.batch_size, config.data.n_buckets)
+    batches = list(
+        graph.batches(graphs, targets, batch_size=config.data.batch_size, buckets=buckets)
+    )
     np_inputs = [batch_inputs(b, np.float32, theory=theories) for b in batches]
     np_targets = [b.targets.astype(np.float32) for b in batches]
     n_real = [b.n_real for b in batches]
@@ -560,7 +562,7 @@ def main() -> None:
         flush=True,
     )
 
-    net = train.create_model(cfg)
+    net = train.create_model(config)
     tx = optax.adam(args.lr)
     step, predict = train.make_steps(net, tx)
     opt = tx.init(params)
@@ -686,7 +688,7 @@ def main() -> None:
         "numpy": np.__version__,
     }
     result = {
-        "config": cfg.name,
+        "config": config.name,
         "crystals": n_cryst,
         "batches": len(batches),
         "buckets": [list(b) for b in buckets],

@@ -29,7 +29,9 @@ def main() -> int:
     ap.add_argument("--data", default=None)
     args = ap.parse_args()
     from e3elastic import evaluation, inference, metrics, runtime
+    from e3elastic.cli import show_messages
 
+    show_messages()  # progress messages on stderr
     runtime.enable_compilation_cache()
     folder = Path(args.folder)
     model = inference.load_model(folder)

@@ -31,11 +31,13 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.perf_counter()
 
-    from e3elastic import config as C
+    from e3elastic import config as cfg
     from e3elastic import data, inference, metrics, runtime, train
+    from e3elastic.cli import show_messages
 
+    show_messages()  # epoch lines and other progress on stderr
     runtime.enable_compilation_cache()
-    cfg = C.preset(args.config).override(
+    config = cfg.preset(args.config).override(
         [
             f"data.max_sites={args.max_sites}",
             'data.subset="sio2"',
@@ -46,8 +48,8 @@ def main() -> int:
         ]
     )
     if args.data:
-        cfg = cfg.override([f"data.data={json.dumps(args.data)}"])
-    ds = data.load_for_config(cfg)
+        config = config.override([f"data.data={json.dumps(args.data)}"])
+    ds = data.load_for_config(config)
     zeolite_ids = {r.id for r in ds.records if r.theory == "B3LYP-D2"}
     mp = [r for r in ds.records if r.theory != "B3LYP-D2"]
     split = {k: [i for i in v if i in zeolite_ids] for k, v in ds.split.items()}
@@ -57,8 +59,8 @@ def main() -> int:
         f"test {len(split['test'])}; MP SiO2 (PBE, reported separately): {len(mp)}",
         file=sys.stderr,
     )
-    prep = train.prepare_data(cfg, dataset=ds)
-    out = train.train_and_evaluate(cfg, args.workdir, prepared=prep, resume=args.resume)
+    prep = train.prepare_data(config, dataset=ds)
+    out = train.train_and_evaluate(config, args.workdir, prepared=prep, resume=args.resume)
     model = inference.load_model(Path(args.workdir) / "best")
     res = inference.predict([r.structure for r in mp], model=model)
     ok = [(r, p) for r, p in zip(mp, res, strict=True) if p["error"] is None]

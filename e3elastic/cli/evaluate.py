@@ -1,0 +1,121 @@
+"""``e3elastic evaluate``: metrics of a trained model on a dataset, as a table or JSON, and
+per-crystal predictions (JSON or CSV)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .options import SPLIT_CHOICES
+from .output import check_output_path, show_messages, write_output
+
+
+def run_evaluation(args: argparse.Namespace) -> dict:
+    """:func:`e3elastic.evaluation.evaluate` of ``--model`` on ``--data``, ``--split``."""
+    from e3elastic import evaluation, runtime
+
+    show_messages()
+    runtime.enable_compilation_cache()
+    return evaluation.evaluate(args.model, args.data, split=args.split)
+
+
+def _print_metrics_table(m: dict, mae_definition: str) -> None:
+    rows = [("all", m), *sorted(m.get("by_crystal_system", {}).items())]
+    print(
+        f"{'group':<14}{'n':>6}{'MAE Voigt':>11}{'rel Frob':>10}{'EwT5':>7}{'EwT10':>7}"
+        f"{'EwT25':>7}{'MAE K':>8}{'MAE G':>8}"
+    )
+    for name, r in rows:
+        if not r.get("n"):
+            continue
+        print(
+            f"{name:<14}{r['n']:>6}{r['mae_voigt_GPa']:>11.2f}{r['rel_frobenius']:>10.3f}"
+            f"{r['ewt_5']:>7.2f}{r['ewt_10']:>7.2f}{r['ewt_25']:>7.2f}"
+            f"{r['mae_K_VRH_GPa']:>8.2f}{r['mae_G_VRH_GPa']:>8.2f}"
+        )
+    print(
+        f"({mae_definition}; rel Frob = mean ||C_pred - C|| / ||C||; EwT = share of crystals "
+        "with rel Frob under 5/10/25 %; MAE K/G of the Hill averages, GPa)"
+    )
+
+
+def _print_coverage(res: dict) -> None:
+    """How often an ensemble's sigma covers the error, and whether it is calibrated."""
+    scale = res["sigma_scale"]
+    factors = ", ".join(f"{k} x{v:.2f}" for k, v in scale.items())
+    print(f"ensemble sigma: {'calibrated (' + factors + ')' if scale else 'uncalibrated'}")
+    print(f"{'quantity':<10}{'n':>7}{'within 1 sigma':>16}{'within 2 sigma':>16}")
+    for q, c in res["coverage"].items():
+        print(f"{q:<10}{c['n']:>7}{c['within_1_sigma']:>16.2f}{c['within_2_sigma']:>16.2f}")
+
+
+def _crystals_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    keys = [k for k in rows[0] if not k.endswith("voigt_GPa")] if rows else []
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    upper = [(i, j) for i in range(6) for j in range(i, 6)]
+    w.writerow(
+        keys
+        + [f"C{i + 1}{j + 1}_pred" for i, j in upper]
+        + [f"C{i + 1}{j + 1}_true" for i, j in upper]
+    )
+    for r in rows:
+        w.writerow(
+            [r[k] for k in keys]
+            + [f"{r['pred_voigt_GPa'][i][j]:.4f}" for i, j in upper]
+            + [f"{r['true_voigt_GPa'][i][j]:.4f}" for i, j in upper]
+        )
+    return buf.getvalue()
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from e3elastic.prediction import to_json_ready
+
+    check_output_path(args.out)
+    res = run_evaluation(args)
+    report = {k: v for k, v in res.items() if k != "arrays"}
+    if args.out:
+        if Path(args.out).suffix.lower() == ".csv":
+            write_output(args.out, _crystals_csv(report["crystals"]))
+        else:
+            write_output(args.out, json.dumps(to_json_ready(report), indent=2))
+    if args.json:
+        summary = {k: v for k, v in report.items() if k != "crystals"}
+        print(json.dumps(to_json_ready(summary), indent=2))
+        return 0
+    print(
+        f"model {res['model']} ({res['model_version']}, {res['members']} member(s)); "
+        f"evaluated on {res['evaluated']}"
+    )
+    _print_metrics_table(res["metrics"], res["mae_definition"])
+    if "coverage" in res:
+        _print_coverage(res)
+    if res["skipped"]:
+        print(f"skipped {len(res['skipped'])} crystal(s) whose graph failed", file=sys.stderr)
+    if args.out:
+        print(f"per-crystal predictions written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="metrics of a trained model on a dataset")
+    ev.add_argument(
+        "--model",
+        required=True,
+        help="shipped model name (default, ensemble), bundle, run or ensemble folder",
+    )
+    ev.add_argument("--data", default=None, help="data folder or file")
+    ev.add_argument("--split", default="test", choices=SPLIT_CHOICES)
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument(
+        "--out",
+        default=None,
+        help="also write metrics and per-crystal predictions here (.json; .csv: one row per "
+        "crystal)",
+    )
+    ev.set_defaults(func=_cmd_evaluate)

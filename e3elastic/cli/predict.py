@@ -1,0 +1,195 @@
+"""``e3elastic predict``: elastic tensors of structure files, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from e3elastic.config import THEORIES
+
+from .errors import CLIError
+from .output import check_output_path, output_format, write_output
+
+#: Columns of the CSV output before the tensor components.
+_CSV_KEYS = [
+    "file",
+    "formula",
+    "K_VRH_GPa",
+    "G_VRH_GPa",
+    "youngs_modulus_GPa",
+    "poisson_ratio",
+    "universal_anisotropy",
+    "born_stable",
+    "K_VRH_std_GPa",
+    "G_VRH_std_GPa",
+    "space_group",
+    "theory",
+    "model",
+    "error",
+    "warnings",
+]
+
+
+def _predictions_csv(results: list) -> str:
+    """One row per structure: the properties, then C_IJ (upper triangle) and their sigma."""
+    import csv
+    import io
+
+    keys = _CSV_KEYS
+    upper = [(i, j) for i in range(6) for j in range(i, 6)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        keys + [f"C{i + 1}{j + 1}" for i, j in upper] + [f"C{i + 1}{j + 1}_std" for i, j in upper]
+    )
+    for r in results:
+        v, sd = r.get("voigt_GPa"), r.get("voigt_std_GPa")
+        comps = [] if v is None else [f"{v[i][j]:.4f}" for i, j in upper]
+        stds = [""] * len(upper) if sd is None else [f"{sd[i][j]:.4f}" for i, j in upper]
+        row = [r.get(k) if r.get(k) is not None else "" for k in keys]
+        row[keys.index("warnings")] = " | ".join(r.get("warnings") or [])
+        row[keys.index("space_group")] = (r.get("symmetry") or {}).get("space_group", "")
+        model = r.get("model") or {}
+        row[keys.index("model")] = f"{model.get('name', '')} {model.get('version', '')}".strip()
+        w.writerow(row + (comps + stds if comps else []))
+    return buf.getvalue()
+
+
+def _prediction_table(r: dict) -> list[str]:
+    """The lines of one result: formula, symmetry, warnings, C_IJ (+- sigma), moduli."""
+    head = r.get("file") or r.get("id") or "structure"
+    if r["error"] is not None:
+        return [f"{head}: FAILED: {r['error']}\n"]
+    lines = [f"{head}: {r['formula']}"]
+    sym = r.get("symmetry")
+    if sym:
+        lines.append(
+            f"  space group {sym['space_group']} (point group {sym['point_group']}, "
+            f"symprec {sym['symprec']:g} A)"
+            + ("; tensor symmetrized over it" if sym.get("symmetrized") else "")
+        )
+    for warning in r.get("warnings") or []:
+        lines.append(f"  WARNING {warning}")
+    lines.append("  Voigt stiffness C_IJ (GPa), order 11 22 33 23 13 12:")
+    std = r.get("voigt_std_GPa")
+    for i, row in enumerate(r["voigt_GPa"]):
+        cells = "".join(f"{x:10.2f}" for x in row)
+        if std is not None:
+            cells += "   +- " + " ".join(f"{s:5.1f}" for s in std[i])
+        lines.append("  " + cells)
+    lines.append(
+        f"  K_VRH {r['K_VRH_GPa']:.1f} GPa, G_VRH {r['G_VRH_GPa']:.1f} GPa, "
+        f"E {r['youngs_modulus_GPa']:.1f} GPa, nu {r['poisson_ratio']:.3f}, "
+        f"A^U {r['universal_anisotropy']:.3f}, "
+        f"{'Born stable' if r['born_stable'] else 'NOT Born stable'}\n"
+    )
+    return lines
+
+
+def format_predictions(results: list, fmt: str) -> str:
+    """``results`` of :func:`e3elastic.inference.predict` as ``fmt`` (table, json or csv)."""
+    from e3elastic.inference import to_json_ready
+
+    if fmt == "json":
+        return json.dumps([to_json_ready(r) for r in results], indent=2)
+    if fmt == "csv":
+        return _predictions_csv(results)
+    return "\n".join(line for r in results for line in _prediction_table(r))
+
+
+def _inputs(args: argparse.Namespace) -> list:
+    """Paths, folders and globs expanded, then the ``--mp-id`` structures downloaded."""
+    from e3elastic import inference
+
+    inputs: list = inference.expand_paths(args.paths)
+    if args.mp_id:
+        from e3elastic import data
+
+        inputs += [data.fetch_mp_structure(m) for m in args.mp_id]
+    if not inputs:
+        raise CLIError("nothing to predict: give structure files, folders, globs or --mp-id")
+    return inputs
+
+
+def _progress(done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\rpredicting {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    from e3elastic import inference, runtime
+
+    runtime.enable_compilation_cache()
+    fmt = output_format(args.out, args.format)
+    check_output_path(args.out)
+    if not (args.symprec > 0):
+        raise CLIError(f"--symprec must be a positive number of Angstrom, got {args.symprec}")
+    inputs = _inputs(args)
+    model = inference.load_model(args.model)
+    model.theory_index(args.theory)  # an unknown level of theory fails before any work
+    results = inference.predict(
+        inputs,
+        model,
+        symmetrize=args.symmetrize,
+        progress=_progress,
+        theory=args.theory,
+        symprec=args.symprec,
+    )
+    if not isinstance(results, list):
+        results = [results]
+    text = format_predictions(results, fmt)
+    if args.out:
+        write_output(args.out, text)
+    else:
+        print(text)
+    failed = [r for r in results if r["error"] is not None]
+    for r in failed:
+        print(f"error: {r.get('file') or r.get('id')}: {r['error']}", file=sys.stderr)
+    print(
+        f"{len(results) - len(failed)} of {len(results)} structures predicted in "
+        f"{time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def add_parser(sub) -> None:
+    pr = sub.add_parser(
+        "predict",
+        help="predict elastic tensors of structure files",
+        description="Predict C (GPa) in the frame of each structure as given. Reads any file "
+        "pymatgen reads (CIF, POSCAR, ...), folders and globs.",
+    )
+    pr.add_argument("paths", nargs="*", help="structure files, folders or glob patterns")
+    pr.add_argument("--model", default=None, help="shipped model name or bundle folder")
+    pr.add_argument(
+        "--format",
+        default=None,
+        choices=("table", "json", "csv"),
+        help="output format (default: from the --out extension, .json or .csv; else table)",
+    )
+    pr.add_argument("--symmetrize", action="store_true", help="impose the point group exactly")
+    pr.add_argument(
+        "--symprec",
+        type=float,
+        default=0.01,
+        help="symmetry tolerance in Angstrom for the reported and imposed group (default 0.01)",
+    )
+    pr.add_argument(
+        "--theory",
+        default="pbe",
+        choices=[t.lower() for t in THEORIES],
+        help="level of theory of the predicted tensor (default pbe; b3lyp-d2 for the "
+        "SiO2 zeolites' functional)",
+    )
+    pr.add_argument(
+        "--out", default=None, help="write to this file instead of stdout (checked first)"
+    )
+    pr.add_argument("--mp-id", action="append", default=[], help="a Materials Project id")
+    pr.set_defaults(func=_cmd_predict)
