@@ -26,6 +26,7 @@ are re-exported here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ from .bundle import (
 )
 from .errors import short_error
 from .files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUNDLE_FILES",
@@ -172,15 +175,17 @@ class TrainCheckpoints:
                 )
         return True
 
-    def restore(self, abstract_state: Any, log=print) -> tuple[int, Any, dict] | None:
+    def restore(self, abstract_state: Any, log=None) -> tuple[int, Any, dict] | None:
         """Latest readable ``(step, state, meta)``, or None when there is no checkpoint.
 
         Each step is checked against its sha256 manifest, then loaded. A step that fails is
-        reported through ``log`` (naming the step and the file) and the previous one is
+        reported (naming the step and the file) as a warning of this module's logger, or
+        through ``log(message)`` when given, and the previous one is
         tried; the failed steps are then moved to ``<workdir>/ckpt_damaged/`` so training can
         write them again. Raises :class:`CheckpointError` when steps exist but none can be
         read (nothing is moved then).
         """
+        log = log or logger.warning
         ocp = self._ocp
         steps = self.steps()
         if not steps:
