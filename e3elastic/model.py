@@ -59,6 +59,7 @@ __all__ = [
     "batch_inputs",
     "denormalise",
     "dummy_inputs",
+    "edge_tensor_product",
     "edge_vectors",
     "irrep_stats",
     "targets_from_voigt",
@@ -88,6 +89,50 @@ def _envelope(x: jax.Array, p: int) -> jax.Array:
         - p * (p + 1) / 2 * x ** (p + 2)
     )
     return jnp.where(x < 1.0, u, 0.0)
+
+
+def edge_tensor_product(
+    x: e3nn.IrrepsArray, sh: e3nn.IrrepsArray, filter_ir_out: list[e3nn.Irrep]
+) -> e3nn.IrrepsArray:
+    """``e3nn.tensor_product(x, sh, filter_ir_out=filter_ir_out)``, contracted per irrep of ``x``.
+
+    ``x`` ``(E, irreps)`` are sender features on edges and ``sh`` ``(E, 0e+1o+...)`` the edge
+    harmonics (one copy of each l). e3nn-jax runs one small contraction per path
+    (irrep of ``x``, harmonic, output irrep); here the Clebsch-Gordan blocks of all the paths
+    from one irrep of ``x`` are stacked into one ``(2l1+1, sh.dim, K)`` array, so there is one
+    contraction per irrep of ``x`` against all harmonics at once. Same output irreps, order and
+    normalisation (``e3nn.config("irrep_normalization")``); equal to float round-off
+    (``tests/test_model.py``).
+    """
+    x, sh = x.regroup(), sh.regroup()
+    assert all(mul == 1 for mul, _ in sh.irreps), sh.irreps  # one harmonic per l
+    norm = e3nn.config("irrep_normalization")
+    irreps_out, chunks = [], []
+    for (mul, ir_in), x_in in zip(x.irreps, x.chunks, strict=True):
+        blocks, outs = [], []
+        for (_, ir_sh), sl in zip(sh.irreps, sh.irreps.slices(), strict=True):
+            for ir_out in ir_in * ir_sh:
+                if ir_out not in filter_ir_out:
+                    continue
+                cg = np.zeros((ir_in.dim, sh.irreps.dim, ir_out.dim))
+                cg[:, sl, :] = e3nn.clebsch_gordan(ir_in.l, ir_sh.l, ir_out.l)
+                if norm == "component":
+                    cg *= np.sqrt(ir_out.dim)
+                elif norm == "norm":
+                    cg *= np.sqrt(ir_in.dim * ir_sh.dim)
+                blocks.append(cg)
+                outs.append(ir_out)
+        if not blocks or x_in is None:
+            continue
+        cg_all = np.concatenate(blocks, axis=-1).astype(x_in.dtype)  # (2l1+1, sh.dim, K)
+        y = jnp.einsum("eui,ej,ijk->euk", x_in, sh.array, cg_all)  # (E, mul, K)
+        start = 0
+        for ir_out in outs:
+            irreps_out.append((mul, ir_out))
+            chunks.append(y[:, :, start : start + ir_out.dim])
+            start += ir_out.dim
+    out = e3nn.from_chunks(irreps_out, chunks, x.shape[:-1], x.dtype)
+    return out.sort().regroup()
 
 
 def _gate_irreps(hidden: e3nn.Irreps) -> e3nn.Irreps:
@@ -132,9 +177,7 @@ class Interaction(nn.Module):
         gate_in = _gate_irreps(self.hidden_irreps)
         # messages: tensor product of sender features with edge harmonics, only the irreps a
         # gate input can use.
-        msg = e3nn.tensor_product(
-            x[senders], sh, filter_ir_out=[ir for _, ir in gate_in]
-        )  # (E, irreps_msg)
+        msg = edge_tensor_product(x[senders], sh, [ir for _, ir in gate_in])  # (E, irreps_msg)
         weights = RadialMLP(self.radial_hidden, msg.irreps.num_irreps, name="radial")(radial)
         msg = msg * weights  # one weight per path and channel
         agg = e3nn.scatter_sum(msg, dst=receivers, output_size=n_node)

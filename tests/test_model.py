@@ -316,3 +316,31 @@ def jnp_array(x):
     import jax.numpy as jnp
 
     return jnp.asarray(np.asarray(x, np.int32))
+
+
+@pytest.mark.parametrize(
+    "irreps_in, filter_out",
+    [
+        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"]),  # the default's second block
+        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "1o", "2e", "3o", "4e"]),
+        ("5x0e", ["0e", "1o", "2e", "3o", "4e"]),  # the first block
+        ("3x1e+2x2o+1x0o", ["0e", "0o", "1o", "1e", "2e", "2o"]),  # other parities
+    ],
+)
+def test_edge_tensor_product_is_e3nns_tensor_product(irreps_in, filter_out):
+    import e3nn_jax as e3nn
+    import jax.numpy as jnp
+
+    from e3elastic.model import edge_tensor_product
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        irreps = e3nn.Irreps(irreps_in)
+        x = e3nn.IrrepsArray(irreps, jnp.asarray(rng.normal(size=(7, irreps.dim))))
+        vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(7, 3))))
+        sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component")
+        filt = [e3nn.Irrep(ir) for ir in filter_out]
+        want = e3nn.tensor_product(x, sh, filter_ir_out=filt)
+        got = edge_tensor_product(x, sh, filt)
+        assert got.irreps == want.irreps
+        np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-12)
