@@ -160,36 +160,36 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    pr = sub.add_parser(
+    parser = sub.add_parser(
         "predict",
         help="predict elastic tensors of structure files",
         description="Predict C (GPa) in the frame of each structure as given. Reads any file "
         "pymatgen reads (CIF, POSCAR, ...), folders and globs.",
     )
-    pr.add_argument("paths", nargs="*", help="structure files, folders or glob patterns")
-    pr.add_argument("--model", default=None, help="shipped model name or bundle folder")
-    pr.add_argument(
+    parser.add_argument("paths", nargs="*", help="structure files, folders or glob patterns")
+    parser.add_argument("--model", default=None, help="shipped model name or bundle folder")
+    parser.add_argument(
         "--format",
         default=None,
         choices=("table", "json", "csv"),
         help="output format (default: from the --out extension, .json or .csv; else table)",
     )
-    pr.add_argument("--symmetrize", action="store_true", help="impose the point group exactly")
-    pr.add_argument(
+    parser.add_argument("--symmetrize", action="store_true", help="impose the point group exactly")
+    parser.add_argument(
         "--symprec",
         type=float,
         default=0.01,
         help="symmetry tolerance in Angstrom for the reported and imposed group (default 0.01)",
     )
-    pr.add_argument(
+    parser.add_argument(
         "--theory",
         default="pbe",
         choices=[t.lower() for t in THEORIES],
         help="level of theory of the predicted tensor (default pbe; b3lyp-d2 for the "
         "SiO2 zeolites' functional)",
     )
-    pr.add_argument(
+    parser.add_argument(
         "--out", default=None, help="write to this file instead of stdout (checked first)"
     )
-    pr.add_argument("--mp-id", action="append", default=[], help="a Materials Project id")
-    pr.set_defaults(func=_cmd_predict)
+    parser.add_argument("--mp-id", action="append", default=[], help="a Materials Project id")
+    parser.set_defaults(func=_cmd_predict)

@@ -64,7 +64,6 @@ Project download).
 from __future__ import annotations
 
 from .cache import FORMAT_VERSION
-from .cache import cache_folder as _cache_dir  # noqa: F401 (train.py; use runtime.cache_root)
 from .dataset import (
     HOLDOUTS,
     SPLIT_NAMES,
