@@ -62,6 +62,7 @@ __all__ = [
     "edge_tensor_product",
     "edge_vectors",
     "irrep_stats",
+    "scale_paths",
     "targets_from_voigt",
     "voigt_from_outputs",
     "voigt_from_outputs_jax",
@@ -91,6 +92,33 @@ def _envelope(x: jax.Array, p: int) -> jax.Array:
     return jnp.where(x < 1.0, u, 0.0)
 
 
+def _path_blocks(
+    ir_in: e3nn.Irrep, sh_irreps: e3nn.Irreps, filter_ir_out: list[e3nn.Irrep]
+) -> tuple[np.ndarray, list[e3nn.Irrep]]:
+    """The Clebsch-Gordan blocks of every path from ``ir_in`` through the harmonics
+    ``sh_irreps`` (one copy of each l) to an irrep of ``filter_ir_out``, stacked into one
+    ``(2l1+1, sh_irreps.dim, K)`` array, and the output irrep of each path in order.
+    Normalised as ``e3nn.tensor_product`` (``e3nn.config("irrep_normalization")``)."""
+    assert all(mul == 1 for mul, _ in sh_irreps), sh_irreps  # one harmonic per l
+    norm = e3nn.config("irrep_normalization")
+    blocks, outs = [], []
+    for (_, ir_sh), sl in zip(sh_irreps, sh_irreps.slices(), strict=True):
+        for ir_out in ir_in * ir_sh:
+            if ir_out not in filter_ir_out:
+                continue
+            cg = np.zeros((ir_in.dim, sh_irreps.dim, ir_out.dim))
+            cg[:, sl, :] = e3nn.clebsch_gordan(ir_in.l, ir_sh.l, ir_out.l)
+            if norm == "component":
+                cg *= np.sqrt(ir_out.dim)
+            elif norm == "norm":
+                cg *= np.sqrt(ir_in.dim * ir_sh.dim)
+            blocks.append(cg)
+            outs.append(ir_out)
+    if not blocks:
+        return np.zeros((ir_in.dim, sh_irreps.dim, 0)), []
+    return np.concatenate(blocks, axis=-1), outs
+
+
 def edge_tensor_product(
     x: e3nn.IrrepsArray, sh: e3nn.IrrepsArray, filter_ir_out: list[e3nn.Irrep]
 ) -> e3nn.IrrepsArray:
@@ -105,27 +133,16 @@ def edge_tensor_product(
     (``tests/test_model.py``).
     """
     x, sh = x.regroup(), sh.regroup()
-    assert all(mul == 1 for mul, _ in sh.irreps), sh.irreps  # one harmonic per l
-    norm = e3nn.config("irrep_normalization")
     irreps_out, chunks = [], []
     for (mul, ir_in), x_in in zip(x.irreps, x.chunks, strict=True):
-        blocks, outs = [], []
-        for (_, ir_sh), sl in zip(sh.irreps, sh.irreps.slices(), strict=True):
-            for ir_out in ir_in * ir_sh:
-                if ir_out not in filter_ir_out:
-                    continue
-                cg = np.zeros((ir_in.dim, sh.irreps.dim, ir_out.dim))
-                cg[:, sl, :] = e3nn.clebsch_gordan(ir_in.l, ir_sh.l, ir_out.l)
-                if norm == "component":
-                    cg *= np.sqrt(ir_out.dim)
-                elif norm == "norm":
-                    cg *= np.sqrt(ir_in.dim * ir_sh.dim)
-                blocks.append(cg)
-                outs.append(ir_out)
-        if not blocks or x_in is None:
+        cg_all, outs = _path_blocks(ir_in, sh.irreps, filter_ir_out)
+        if not outs or x_in is None:
             continue
-        cg_all = np.concatenate(blocks, axis=-1).astype(x_in.dtype)  # (2l1+1, sh.dim, K)
-        y = jnp.einsum("eui,ej,ijk->euk", x_in, sh.array, cg_all)  # (E, mul, K)
+        cg_all = cg_all.astype(x_in.dtype)  # (2l1+1, sh.dim, K)
+        if ir_in.l == 0:  # scalars: an outer product with the harmonics the paths select
+            y = x_in * (sh.array @ cg_all[0])[:, None, :]  # (E, mul, K)
+        else:
+            y = jnp.einsum("eui,ej,ijk->euk", x_in, sh.array, cg_all)  # (E, mul, K)
         start = 0
         for ir_out in outs:
             irreps_out.append((mul, ir_out))
@@ -133,6 +150,21 @@ def edge_tensor_product(
             start += ir_out.dim
     out = e3nn.from_chunks(irreps_out, chunks, x.shape[:-1], x.dtype)
     return out.sort().regroup()
+
+
+def scale_paths(msg: e3nn.IrrepsArray, weights: jax.Array) -> e3nn.IrrepsArray:
+    """``msg * weights`` for ``weights (E, msg.irreps.num_irreps)``: one scalar per irrep copy.
+
+    e3nn-jax's ``IrrepsArray * array`` runs an elementwise tensor product with ``0e``; the same
+    numbers come from broadcasting each chunk ``(E, mul, 2l+1)`` against its weights, which is
+    what this does (equal to float round-off; faster on the edges of the default network,
+    ``benchmarks/bench_tensor_product.py``).
+    """
+    chunks, start = [], 0
+    for (mul, _), chunk in zip(msg.irreps, msg.chunks, strict=True):
+        chunks.append(None if chunk is None else chunk * weights[..., start : start + mul, None])
+        start += mul
+    return e3nn.from_chunks(msg.irreps, chunks, msg.shape[:-1], msg.dtype)
 
 
 def _gate_irreps(hidden: e3nn.Irreps) -> e3nn.Irreps:
@@ -177,16 +209,62 @@ class Interaction(nn.Module):
         gate_in = _gate_irreps(self.hidden_irreps)
         # messages: tensor product of sender features with edge harmonics, only the irreps a
         # gate input can use.
-        msg = edge_tensor_product(x[senders], sh, [ir for _, ir in gate_in])  # (E, irreps_msg)
-        weights = RadialMLP(self.radial_hidden, msg.irreps.num_irreps, name="radial")(radial)
-        msg = msg * weights  # one weight per path and channel
-        agg = e3nn.scatter_sum(msg, dst=receivers, output_size=n_node)
-        agg = agg / jnp.sqrt(self.avg_num_neighbors).astype(agg.dtype)
-        h = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="mix")(agg)
+        mix = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="mix")
+        norm = jnp.sqrt(self.avg_num_neighbors).astype(x.dtype)
+        if x.irreps.lmax == 0:
+            h = self._scalar_messages(x, sh, radial, senders, receivers, gate_in, mix) / norm
+        else:
+            msg = edge_tensor_product(x[senders], sh, [ir for _, ir in gate_in])  # (E, msg)
+            weights = RadialMLP(self.radial_hidden, msg.irreps.num_irreps, name="radial")(radial)
+            msg = scale_paths(msg, weights)  # one weight per path and channel
+            agg = e3nn.scatter_sum(msg, dst=receivers, output_size=n_node)
+            h = mix(agg / norm)
         h = h + e3nn.flax.Linear(gate_in, force_irreps_out=True, name="self")(x)  # self-interaction
         h = e3nn.gate(h)  # (N, hidden)
         skip = e3nn.flax.Linear(self.hidden_irreps, force_irreps_out=True, name="skip")(x)
         return (skip + h).regroup()
+
+    def _scalar_messages(self, x, sh, radial, senders, receivers, gate_in, mix):
+        """``mix(sum of messages on receivers)`` for scalar node features, mixed on the edges.
+
+        With scalar inputs the message of harmonic ``l`` is ``x_u w_lu(r) Y_lm``: ``mix``
+        (linear, acting on the channel ``u`` alone) can be applied to ``x_u w_lu`` before the
+        outer product with ``Y_l``, so each edge carries the mixed ``gate_in`` irreps instead
+        of every channel times every harmonic (184 floats instead of 800 in the default
+        network). Same parameters and, up to float round-off, the same result as the general
+        path (``tests/test_model.py``).
+        """
+        x = x.regroup()
+        (mul, ir_in), x_in = x.irreps[0], x.chunks[0]
+        cg_all, outs = _path_blocks(ir_in, sh.irreps, [ir for _, ir in gate_in])
+        paths = e3nn.Irreps([(mul, ir) for ir in outs])  # what edge_tensor_product returns
+        if len(x.irreps) != 1 or paths.sort().irreps != paths:
+            raise ValueError(f"unexpected scalar input {x.irreps} or paths {paths}")
+        weights = RadialMLP(self.radial_hidden, paths.num_irreps, name="radial")(radial)
+        # mix's matrix per path: its output on unit vectors of the channels (m = 0 only)
+        eye = np.eye(mul, dtype=np.float32)
+        basis = e3nn.from_chunks(
+            paths,
+            [
+                jnp.asarray(np.pad(eye[:, :, None], ((0, 0), (0, 0), (0, ir.dim - 1))), x.dtype)
+                for _, ir in paths
+            ],
+            (mul,),
+            x.dtype,
+        )
+        mixed = mix(basis)  # (mul, gate_in)
+        xe = x_in[senders, :, 0]  # (E, mul)
+        harmonics = sh.regroup().array @ jnp.asarray(cg_all[0], x.dtype)  # (E, K)
+        by_ir, start = {}, 0
+        for p, ir in enumerate(outs):
+            k = slice(start, start + ir.dim)
+            start += ir.dim
+            w = mixed.chunks[[i for _, i in gate_in].index(ir)][:, :, 0]  # (mul, c)
+            z = (xe * weights[:, p * mul : (p + 1) * mul]) @ w  # (E, c)
+            by_ir[ir] = z[:, :, None] * harmonics[:, None, k]  # (E, c, 2l+1)
+        chunks = [by_ir.get(ir) for _, ir in gate_in]
+        msg = e3nn.from_chunks(gate_in, chunks, senders.shape, x.dtype)
+        return e3nn.scatter_sum(msg, dst=receivers, output_size=x.shape[0])
 
 
 class SpeciesEmbedding(nn.Module):
