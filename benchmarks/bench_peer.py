@@ -265,12 +265,73 @@ class TorchInteraction(torch.nn.Module):
         self.gate = TorchGate(hidden)
         self.skip = o3.Linear(irreps_in, hidden)
         self.irreps_out = hidden
+        # scalar inputs: mix on the edges, as e3elastic.model.Interaction._scalar_messages does
+        self.scalar_input = irreps_in.lmax == 0 and len(irreps_in) == 1
+        if self.scalar_input:
+            self._setup_scalar(irreps_in, irreps_sh, irreps_msg, gate_in)
+
+    def _setup_scalar(self, irreps_in, irreps_sh, irreps_msg, gate_in):
+        """Index tables for the edge-side mix: path ``l`` of channel ``u`` is ``x_u Y_lm``
+        (times a constant the tensor product's normalisation fixes, measured here)."""
+        mul = irreps_in[0].mul
+        self.paths = [ir for _, ir in irreps_msg]
+        vec = torch.randn(1, 3, dtype=torch.float64)
+        sh = o3.spherical_harmonics(irreps_sh, vec, normalize=True, normalization="component")
+        ones = torch.zeros(1, irreps_in.dim, dtype=torch.float64)
+        ones[0, 0] = 1.0
+        tp = o3.FullTensorProduct(
+            irreps_in, irreps_sh, filter_ir_out=self.paths, irrep_normalization="component"
+        ).double()
+        out = tp(ones, sh)[0]
+        factors = []
+        for (_, ir), sl_msg in zip(irreps_msg, irreps_msg.slices(), strict=True):
+            sl_sh = irreps_sh.slices()[[i for _, i in irreps_sh].index(ir)]
+            ratio = out[sl_msg][: ir.dim] / sh[0, sl_sh]
+            if not torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-9):
+                raise NotImplementedError(f"path 0e x {ir} is not a multiple of Y_{ir.l}")
+            factors.append(float(ratio[0]))
+        self.factors = factors
+        self.sh_slices = [
+            irreps_sh.slices()[[i for _, i in irreps_sh].index(ir)] for ir in self.paths
+        ]
+        self.out_index = [[i for _, i in gate_in].index(ir) for ir in self.paths]
+        self.gate_in = gate_in
+        self.mul = mul
+
+    def _scalar_forward(self, x, sh, radial, senders, receivers):
+        mul, weights = self.mul, self.radial(radial)  # (E, n_paths * mul)
+        # mix's matrix per path: its output on unit vectors of the channels (m = 0 only)
+        basis = torch.zeros(mul, self.mix.irreps_in.dim, dtype=x.dtype, device=x.device)
+        start = 0
+        for ir in self.paths:
+            basis[torch.arange(mul), start + torch.arange(mul) * ir.dim] = 1.0
+            start += mul * ir.dim
+        mixed = self.mix(basis)  # (mul, gate_in)
+        out_slices = self.gate_in.slices()
+        xe = x[senders]  # (E, mul)
+        parts = [None] * len(self.gate_in)
+        for p, ir in enumerate(self.paths):
+            j = self.out_index[p]
+            c = self.gate_in[j].mul
+            w = mixed[:, out_slices[j]].reshape(mul, c, ir.dim)[:, :, 0] * self.factors[p]
+            z = (xe * weights[:, p * mul : (p + 1) * mul]) @ w  # (E, c)
+            parts[j] = (z[:, :, None] * sh[:, None, self.sh_slices[p]]).reshape(len(xe), -1)
+        for j, (c, ir) in enumerate(self.gate_in):
+            if parts[j] is None:
+                parts[j] = torch.zeros(len(xe), c * ir.dim, dtype=x.dtype, device=x.device)
+        msg = torch.cat(parts, dim=1)
+        agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
+        return agg.index_add(0, receivers, msg) * self.inv_sqrt_neighbours
 
     def forward(self, x, sh, radial, senders, receivers):
-        msg = self.tp(x[senders], sh) * self.radial(radial)[:, self.weight_index]
-        agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
-        agg = agg.index_add(0, receivers, msg) * self.inv_sqrt_neighbours
-        h = self.gate(self.mix(agg) + self.self_interaction(x))
+        if self.scalar_input:
+            h = self._scalar_forward(x, sh, radial, senders, receivers)
+        else:
+            msg = self.tp(x[senders], sh) * self.radial(radial)[:, self.weight_index]
+            agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
+            agg = agg.index_add(0, receivers, msg) * self.inv_sqrt_neighbours
+            h = self.mix(agg)
+        h = self.gate(h + self.self_interaction(x))
         return self.skip(x) + h
 
 

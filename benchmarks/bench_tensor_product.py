@@ -1,6 +1,7 @@
 """The edge tensor product of the default network's second block: e3nn-jax's per-path
 ``e3nn.tensor_product`` against ``e3elastic.model.edge_tensor_product`` (one contraction per
-input irrep), each followed by the per-path weights and the scatter to receivers.
+input irrep), each followed by the per-path weights and the scatter to receivers; the weights
+applied as e3nn-jax's ``IrrepsArray * array`` or by ``e3elastic.model.scale_paths``.
 
     python benchmarks/bench_tensor_product.py [--edges 5440] [--rounds 5]
 
@@ -41,7 +42,7 @@ def main() -> None:
     import numpy as np
     from _env import environment
 
-    from e3elastic.model import edge_tensor_product
+    from e3elastic.model import edge_tensor_product, scale_paths
 
     n_edge, n_node = args.edges, max(1, args.edges // 8)
     rng = np.random.default_rng(0)
@@ -55,9 +56,9 @@ def main() -> None:
     n_paths = e3nn.tensor_product(irreps, sh_irreps, filter_ir_out=filt).num_irreps
     w = jnp.asarray(rng.normal(size=(n_edge, n_paths)), jnp.float32)
 
-    def make(tp):
+    def make(tp, weigh=lambda msg, w: msg * w):
         def loss(x, w, sh):
-            msg = tp(e3nn.IrrepsArray(irreps, x), e3nn.IrrepsArray(sh_irreps, sh)) * w
+            msg = weigh(tp(e3nn.IrrepsArray(irreps, x), e3nn.IrrepsArray(sh_irreps, sh)), w)
             agg = e3nn.scatter_sum(msg, dst=receivers, output_size=n_node)
             return jnp.sum(agg.array**2)
 
@@ -66,6 +67,9 @@ def main() -> None:
     variants = {
         "e3nn.tensor_product": make(lambda a, b: e3nn.tensor_product(a, b, filter_ir_out=filt)),
         "edge_tensor_product": make(lambda a, b: edge_tensor_product(a, b, filt)),
+        "edge_tensor_product + scale_paths": make(
+            lambda a, b: edge_tensor_product(a, b, filt), scale_paths
+        ),
     }
     inputs = (x, w, sh)
     for fwd, grad in variants.values():  # compile
@@ -78,6 +82,7 @@ def main() -> None:
             times[name]["gradient"].append(_time(grad, inputs))
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
     old, new = med["e3nn.tensor_product"], med["edge_tensor_product"]
+    last = med["edge_tensor_product + scale_paths"]
     result = {
         "edges": n_edge,
         "irreps_in": str(irreps),
@@ -86,6 +91,10 @@ def main() -> None:
         "median_s": med,
         "forward_speedup": old["forward"] / new["forward"],
         "gradient_speedup": old["gradient"] / new["gradient"],
+        "scale_paths_forward_speedup": new["forward"] / last["forward"],
+        "scale_paths_gradient_speedup": new["gradient"] / last["gradient"],
+        "total_forward_speedup": old["forward"] / last["forward"],
+        "total_gradient_speedup": old["gradient"] / last["gradient"],
         **environment(),
     }
     print("| tensor product + weights + scatter | forward ms | gradient ms |")
@@ -93,6 +102,14 @@ def main() -> None:
     for name, m in med.items():
         print(f"| {name} | {m['forward'] * 1e3:.1f} | {m['gradient'] * 1e3:.1f} |")
     print(f"| speed-up | {result['forward_speedup']:.2f}x | {result['gradient_speedup']:.2f}x |")
+    print(
+        f"| scale_paths speed-up | {result['scale_paths_forward_speedup']:.2f}x | "
+        f"{result['scale_paths_gradient_speedup']:.2f}x |"
+    )
+    print(
+        f"| all, against e3nn.tensor_product | {result['total_forward_speedup']:.2f}x | "
+        f"{result['total_gradient_speedup']:.2f}x |"
+    )
     out = Path(__file__).parent / "results" / "tensor_product.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
