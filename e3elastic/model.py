@@ -63,6 +63,7 @@ __all__ = [
     "edge_vectors",
     "irrep_stats",
     "scale_paths",
+    "summed_messages",
     "targets_from_voigt",
     "voigt_from_outputs",
     "voigt_from_outputs_jax",
@@ -152,6 +153,66 @@ def edge_tensor_product(
     return out.sort().regroup()
 
 
+def summed_messages(
+    x: e3nn.IrrepsArray,
+    sh: e3nn.IrrepsArray,
+    weights: jax.Array,
+    filter_ir_out: list[e3nn.Irrep],
+    receivers: jax.Array,
+    n_node: int,
+) -> e3nn.IrrepsArray:
+    """``scatter_sum(scale_paths(edge_tensor_product(x, sh, filter_ir_out), weights))``.
+
+    The same sums, without building the sorted ``(E, irreps_msg)`` message on the edges: the
+    contraction of each irrep of ``x`` is weighted and summed on receivers as it comes, and
+    only the node sums ``(N, ...)`` are sorted into the message irreps. Equal to float
+    round-off (``tests/test_model.py``).
+    """
+    x, sh = x.regroup(), sh.regroup()
+    entries = []  # (mul, ir_out, node chunk) in edge_tensor_product's order before sorting
+    pending = []  # per irrep of x: (y, [(entry index, start, dim)])
+    for (mul, ir_in), x_in in zip(x.irreps, x.chunks, strict=True):
+        cg_all, outs = _path_blocks(ir_in, sh.irreps, filter_ir_out)
+        if not outs or x_in is None:
+            continue
+        cg_all = cg_all.astype(x_in.dtype)
+        if ir_in.l == 0:
+            y = x_in * (sh.array @ cg_all[0])[:, None, :]  # (E, mul, K)
+        else:
+            y = jnp.einsum("eui,ej,ijk->euk", x_in, sh.array, cg_all)  # (E, mul, K)
+        parts, start = [], 0
+        for ir_out in outs:
+            parts.append((len(entries), start, ir_out.dim))
+            entries.append([mul, ir_out, None])
+            start += ir_out.dim
+        pending.append((y, parts))
+    # weight offsets follow the stable sort of the entries by irrep (scale_paths' order)
+    order = sorted(range(len(entries)), key=lambda i: entries[i][1])
+    offset, at = {}, 0
+    for i in order:
+        offset[i] = at
+        at += entries[i][0]
+    if at != weights.shape[-1]:
+        raise ValueError(f"{weights.shape[-1]} weights for {at} message irreps")
+    for y, parts in pending:
+        mul = y.shape[1]
+        w = jnp.concatenate(
+            [
+                jnp.broadcast_to(
+                    weights[:, offset[i] : offset[i] + mul, None], (y.shape[0], mul, d)
+                )
+                for i, _, d in parts
+            ],
+            axis=-1,
+        )  # (E, mul, K)
+        agg = jax.ops.segment_sum(y * w, receivers, num_segments=n_node)  # (N, mul, K)
+        for i, start, d in parts:
+            entries[i][2] = agg[:, :, start : start + d]
+    irreps = e3nn.Irreps([(entries[i][0], entries[i][1]) for i in order])
+    out = e3nn.from_chunks(irreps, [entries[i][2] for i in order], (n_node,), x.dtype)
+    return out.regroup()
+
+
 def scale_paths(msg: e3nn.IrrepsArray, weights: jax.Array) -> e3nn.IrrepsArray:
     """``msg * weights`` for ``weights (E, msg.irreps.num_irreps)``: one scalar per irrep copy.
 
@@ -214,10 +275,12 @@ class Interaction(nn.Module):
         if x.irreps.lmax == 0:
             h = self._scalar_messages(x, sh, radial, senders, receivers, gate_in, mix) / norm
         else:
-            msg = edge_tensor_product(x[senders], sh, [ir for _, ir in gate_in])  # (E, msg)
-            weights = RadialMLP(self.radial_hidden, msg.irreps.num_irreps, name="radial")(radial)
-            msg = scale_paths(msg, weights)  # one weight per path and channel
-            agg = e3nn.scatter_sum(msg, dst=receivers, output_size=n_node)
+            wanted = [ir for _, ir in gate_in]
+            n_paths = sum(
+                mul * len(_path_blocks(ir, sh.irreps, wanted)[1]) for mul, ir in x.irreps
+            )  # one weight per path and channel
+            weights = RadialMLP(self.radial_hidden, n_paths, name="radial")(radial)
+            agg = summed_messages(x[senders], sh, weights, wanted, receivers, n_node)
             h = mix(agg / norm)
         h = h + e3nn.flax.Linear(gate_in, force_irreps_out=True, name="self")(x)  # self-interaction
         h = e3nn.gate(h)  # (N, hidden)

@@ -408,3 +408,34 @@ def test_scalar_block_mixes_on_edges_like_the_general_path(hidden):
         assert got.irreps == want.irreps
         assert float(jnp.abs(want.array).max()) > 1e-3  # not trivially zero
         np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "irreps_in, filter_out",
+    [
+        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"]),  # the default's second block
+        ("6x0e+2x1o+2x2e+1x3o+1x4e", ["0e", "1o", "2e", "3o", "4e"]),
+        ("3x1e+2x2o+1x0o+2x0e", ["0e", "0o", "1o", "1e", "2e", "2o"]),  # other parities
+    ],
+)
+def test_summed_messages_are_the_scattered_weighted_tensor_product(irreps_in, filter_out):
+    import e3nn_jax as e3nn
+    import jax.numpy as jnp
+
+    from e3elastic.model import edge_tensor_product, scale_paths, summed_messages
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(3)
+        n_node, n_edge = 4, 19
+        irreps = e3nn.Irreps(irreps_in)
+        x = e3nn.IrrepsArray(irreps, jnp.asarray(rng.normal(size=(n_edge, irreps.dim))))
+        vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(n_edge, 3))))
+        sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component")
+        filt = [e3nn.Irrep(ir) for ir in filter_out]
+        receivers = jnp.asarray(rng.integers(0, n_node, n_edge))
+        msg = edge_tensor_product(x, sh, filt)
+        w = jnp.asarray(rng.normal(size=(n_edge, msg.irreps.num_irreps)))
+        want = e3nn.scatter_sum(scale_paths(msg, w), dst=receivers, output_size=n_node)
+        got = summed_messages(x, sh, w, filt, receivers, n_node)
+        assert got.irreps == want.irreps
+        np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-11)
