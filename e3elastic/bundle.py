@@ -54,6 +54,28 @@ __all__ = [
 ]
 
 BUNDLE_FILES = ("config.json", "params.npz", "stats.json", "info.json")
+#: Where the shipped models live (``e3elastic/pretrained/NAME``).
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def model_folder(name: str | os.PathLike) -> Path:
+    """The folder of a model: ``name`` itself when it exists, else the shipped model of that
+    name; :class:`CheckpointError` naming the shipped models when neither exists."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = PRETRAINED_DIR / str(name)
+    if shipped.is_dir():
+        return shipped
+    have = (
+        sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir())
+        if (PRETRAINED_DIR.is_dir())
+        else []
+    )
+    raise CheckpointError(
+        f"model {str(name)!r} is neither a folder nor a shipped model "
+        f"(shipped: {', '.join(have) or 'none'})"
+    )
 
 
 class CheckpointError(E3ElasticError, ValueError):

@@ -187,6 +187,12 @@ class TrainConfig:
     losses back once per bucket) or ``python`` (one jitted step per batch fed from the host,
     the loss read after each step; for debugging). Both take the same steps in the same order
     and give the same metrics within float round-off.
+
+    Fine-tuning: ``init_from`` names a model bundle (a shipped name such as ``default``, or a
+    folder) whose parameters start the run instead of random ones; its architecture must be
+    the config's. ``oversample`` > 1 puts every training crystal of the level of theory
+    ``oversample_theory`` (e.g. ``B3LYP-D2``) that many times into each epoch; validation,
+    test and the normalisation statistics still count each crystal once.
     """
 
     seed: int = 0
@@ -207,10 +213,17 @@ class TrainConfig:
     volume_fraction: float = 0.5
     volume_exponent: float = 4.0
     loop: str = "scan"
+    init_from: str = ""
+    oversample: int = 1
+    oversample_theory: str = ""
 
     def __post_init__(self) -> None:
         if self.loop not in LOOPS:
             raise ValueError(f"train.loop must be one of {LOOPS}, got {self.loop!r}")
+        if self.oversample < 1:
+            raise ValueError(f"train.oversample must be at least 1, got {self.oversample}")
+        if self.oversample > 1:
+            theory_index(self.oversample_theory)  # ValueError naming the known theories
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import domain, tensors
 from . import graph as graph_mod
-from .bundle import CheckpointError, bundle_dirs, load_bundle
+from .bundle import CheckpointError, bundle_dirs, load_bundle, model_folder
 from .config import THEORIES, Config, theory_index
 from .errors import short_error
 from .interface import predict_irreps, voigt_from_outputs
@@ -88,7 +88,6 @@ __all__ = [
     "to_json_ready",
 ]
 
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = "default"
 
 #: Default edge budget of one structure (neighbour pairs within the cutoff); a structure with
@@ -234,21 +233,10 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Model:
 
 def _model_folder(name: str | os.PathLike) -> Path:
     """The folder of a model: ``name`` itself when it exists, else the shipped model."""
-    path = Path(name)
-    if not path.exists():
-        shipped = PRETRAINED_DIR / str(name)
-        if shipped.is_dir():
-            path = shipped
-        else:
-            have = (
-                sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir())
-                if (PRETRAINED_DIR.is_dir())
-                else []
-            )
-            raise PredictError(
-                f"model {str(name)!r} is neither a folder nor a shipped model "
-                f"(shipped: {', '.join(have) or 'none'})"
-            )
+    try:
+        path = model_folder(name)
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None
     if not path.is_dir():
         raise PredictError(f"{path}: a model is a folder (a bundle, run or ensemble)")
     return path

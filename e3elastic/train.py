@@ -57,7 +57,7 @@ import jax
 import numpy as np
 
 from . import graph as graph_mod
-from .config import Config
+from .config import Config, theory_index
 from .evaluation import (
     baselines,
     evaluate_model,
@@ -262,19 +262,22 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
     logger.info(f"data: {sizes} crystals; buckets {list(map(tuple, prep.buckets))}")
     stats = irrep_stats(prep.irreps["train"])
     dp = DataParallel(tc.data_parallel)
+    graphs, irreps, theory = _oversampled(prep, tc)
     plan = plan_steps(
-        prep.graphs["train"],
-        (prep.irreps["train"] - stats["shift"]) / stats["scale"],
+        graphs,
+        (irreps - stats["shift"]) / stats["scale"],
         batch_size=config.data.batch_size,
         buckets=prep.buckets,
         n_sub=dp.n_sub,
         seed=epoch_seed(tc.seed, 0),
         dtype=dtype,
-        theory=prep.theory["train"],
+        theory=theory,
     )
     net = create_model(config)
     first = graph_mod.pad_batch(prep.graphs["train"][:1], prep.buckets[0])
     params = init_params(config, batch_inputs(first, dtype), tc.seed)
+    if tc.init_from:
+        params = _bundle_params(config, tc.init_from, params, stats)
     tx, schedule = create_optimizer(config, sum(len(bs.steps) for bs in plan))
     augment = volume_augmentation(config, stats)
     if tc.loop == "scan":
@@ -297,6 +300,51 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
         t_start=t_start,
     )
     return run, TrainState.create(params, tx)
+
+
+def _oversampled(prep, tc) -> tuple[list, np.ndarray, np.ndarray]:
+    """Training graphs, irreps and theory indices, with every crystal of
+    ``tc.oversample_theory`` repeated ``tc.oversample`` times."""
+    graphs, irreps = prep.graphs["train"], np.asarray(prep.irreps["train"])
+    theory = np.asarray(prep.theory["train"])
+    if tc.oversample <= 1:
+        return graphs, irreps, theory
+    keep = np.flatnonzero(theory == theory_index(tc.oversample_theory))
+    extra = np.tile(keep, tc.oversample - 1)
+    logger.info(
+        f"oversampling: {len(keep)} {tc.oversample_theory} training crystals x{tc.oversample}"
+    )
+    return (
+        list(graphs) + [graphs[i] for i in extra],
+        np.concatenate([irreps, irreps[extra]]),
+        np.concatenate([theory, theory[extra]]),
+    )
+
+
+def _bundle_params(config: Config, name: str, params, stats: dict) -> Any:
+    """The parameters of the bundle ``name`` for a fine-tuning run of ``config``;
+    :class:`TrainingError` when its architecture or parameter shapes differ."""
+    from .bundle import CheckpointError, load_bundle, model_folder
+    from .bundle import flatten_params as flat
+
+    try:
+        b_config, b_params, b_stats, _ = load_bundle(model_folder(name))
+    except CheckpointError as e:
+        raise TrainingError(f"train.init_from: {e}") from None
+    if b_config.model != config.model:
+        raise TrainingError(
+            f"train.init_from: {name} is a different architecture than this run's model"
+        )
+    want, got = flat(params), flat(b_params)
+    if {k: v.shape for k, v in want.items()} != {k: v.shape for k, v in got.items()}:
+        raise TrainingError(f"train.init_from: {name} parameter names or shapes differ")
+    if not all(np.allclose(stats[k], b_stats[k], rtol=1e-6, atol=1e-9) for k in stats):
+        logger.warning(
+            f"train.init_from: {name} was trained with other normalisation statistics; "
+            "this run's are used"
+        )
+    logger.info(f"starting from the parameters of {name}")
+    return jax.tree.map(lambda a, b: np.asarray(b, np.asarray(a).dtype), params, b_params)
 
 
 def _restore_or_start(run: _Run, state: TrainState, resume: bool) -> TrainState:

@@ -605,3 +605,63 @@ def test_evaluation_and_inference_do_not_import_the_optimizer():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def _params_npz(folder):
+    with np.load(folder / "params.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_init_from_starts_at_the_bundle_and_checks_its_architecture(small_dataset, tmp_path):
+    config = _config(epochs=1, learning_rate=3e-3, patience=100)
+    prep = train.prepare_data(config, dataset=small_dataset)
+    train.train_and_evaluate(config, tmp_path / "first", prepared=prep, progress=False)
+    start = _params_npz(tmp_path / "first" / "best")
+
+    # with a learning rate of zero a fine-tuning run keeps the bundle's parameters exactly
+    still = config.override(["train.learning_rate=0", f"train.init_from={tmp_path / 'first/best'}"])
+    train.train_and_evaluate(still, tmp_path / "still", prepared=prep, progress=False)
+    kept = _params_npz(tmp_path / "still" / "best")
+    assert kept.keys() == start.keys()
+    assert all(np.array_equal(kept[k], start[k]) for k in start)
+
+    # without init_from the same run starts from other (random) parameters
+    fresh = config.override(["train.learning_rate=0", "train.seed=5"])
+    train.train_and_evaluate(fresh, tmp_path / "fresh", prepared=prep, progress=False)
+    other = _params_npz(tmp_path / "fresh" / "best")
+    assert not all(np.array_equal(other[k], start[k]) for k in start)
+
+    wider = config.override(
+        ["model.radial_hidden=[9]", f"train.init_from={tmp_path / 'first/best'}"]
+    )
+    with pytest.raises(train.TrainingError, match="different architecture"):
+        train.train_and_evaluate(wider, tmp_path / "wider", prepared=prep, progress=False)
+    missing = config.override([f"train.init_from={tmp_path / 'nowhere'}"])
+    with pytest.raises(train.TrainingError, match="neither a folder nor a shipped model"):
+        train.train_and_evaluate(missing, tmp_path / "missing", prepared=prep, progress=False)
+
+
+def test_oversample_repeats_the_crystals_of_one_theory():
+    from types import SimpleNamespace
+
+    theory = np.array([0, 1, 0, 1, 1], np.int32)
+    prep = SimpleNamespace(
+        graphs={"train": ["a", "b", "c", "d", "e"]},
+        irreps={"train": np.arange(5.0)[:, None] * np.ones((5, 21))},
+        theory={"train": theory},
+    )
+    tc = cfg.default().override(["train.oversample=3", "train.oversample_theory=b3lyp-d2"]).train
+    graphs, irreps, th = train._oversampled(prep, tc)
+    assert sorted(graphs) == sorted(["a", "c"] + ["b", "d", "e"] * 3)
+    assert [graphs.count(g) for g in "abcde"] == [1, 3, 1, 3, 3]
+    assert np.array_equal(
+        irreps[:, 0], [{"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}[g] for g in graphs]
+    )
+    assert np.array_equal(th, [1 if g in "bde" else 0 for g in graphs])
+    same = train._oversampled(prep, cfg.default().train)
+    assert same[0] == prep.graphs["train"]
+
+    with pytest.raises(ValueError, match="at least 1"):
+        cfg.default().override(["train.oversample=0"])
+    with pytest.raises(ValueError, match="unknown level of theory"):
+        cfg.default().override(["train.oversample=2", "train.oversample_theory=hse"])
