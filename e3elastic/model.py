@@ -272,7 +272,7 @@ class Interaction(nn.Module):
         # gate input can use.
         mix = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="mix")
         norm = jnp.sqrt(self.avg_num_neighbors).astype(x.dtype)
-        if x.irreps.lmax == 0:
+        if len(x.regroup().irreps) == 1 and x.irreps.lmax == 0:  # one kind of scalar
             h = self._scalar_messages(x, sh, radial, senders, receivers, gate_in, mix) / norm
         else:
             wanted = [ir for _, ir in gate_in]
@@ -301,8 +301,7 @@ class Interaction(nn.Module):
         (mul, ir_in), x_in = x.irreps[0], x.chunks[0]
         cg_all, outs = _path_blocks(ir_in, sh.irreps, [ir for _, ir in gate_in])
         paths = e3nn.Irreps([(mul, ir) for ir in outs])  # what edge_tensor_product returns
-        if len(x.irreps) != 1 or paths.sort().irreps != paths:
-            raise ValueError(f"unexpected scalar input {x.irreps} or paths {paths}")
+        assert paths.sort().irreps == paths, paths  # one path per harmonic, in order
         weights = RadialMLP(self.radial_hidden, paths.num_irreps, name="radial")(radial)
         # mix's matrix per path: its output on unit vectors of the channels (m = 0 only)
         eye = np.eye(mul, dtype=np.float32)

@@ -363,8 +363,16 @@ def test_scale_paths_is_e3nns_product_with_weights():
         np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-12)
 
 
-@pytest.mark.parametrize("hidden", ["6x0e+2x1o+2x2e+1x3o+1x4e", "5x0e+3x2e+2x4e"])
-def test_scalar_block_mixes_on_edges_like_the_general_path(hidden):
+@pytest.mark.parametrize(
+    "hidden, irreps_in",
+    [
+        ("6x0e+2x1o+2x2e+1x3o+1x4e", "4x0e"),
+        ("5x0e+3x2e+2x4e", "4x0e"),
+        ("6x0e+2x0o+2x1e+2x2o", "4x0o"),  # odd scalars: paths 0o x l
+        ("6x0e+2x1o+2x2e", "3x0e+1x0o"),  # two kinds of scalar: the general path
+    ],
+)
+def test_scalar_block_mixes_on_edges_like_the_general_path(hidden, irreps_in):
     """A block with scalar inputs applies ``mix`` on the edges; the result must equal the
     general path (tensor product, per-path weights, scatter, then ``mix``) with the same
     parameters."""
@@ -382,7 +390,8 @@ def test_scalar_block_mixes_on_edges_like_the_general_path(hidden):
     with jax.enable_x64(True):
         rng = np.random.default_rng(2)
         n_node, n_edge, avg = 5, 23, 3.0
-        x = e3nn.IrrepsArray("4x0e", jnp.asarray(rng.normal(size=(n_node, 4))))
+        x_irreps = e3nn.Irreps(irreps_in)
+        x = e3nn.IrrepsArray(x_irreps, jnp.asarray(rng.normal(size=(n_node, x_irreps.dim))))
         vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(n_edge, 3))))
         sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component")
         radial = jnp.asarray(rng.normal(size=(n_edge, 6)))
