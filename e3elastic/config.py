@@ -189,10 +189,11 @@ class TrainConfig:
     and give the same metrics within float round-off.
 
     Fine-tuning: ``init_from`` names a model bundle (a shipped name such as ``default``, or a
-    folder) whose parameters start the run instead of random ones; its architecture must be
-    the config's. ``oversample`` > 1 puts every training crystal of the level of theory
-    ``oversample_theory`` (e.g. ``B3LYP-D2``) that many times into each epoch; validation,
-    test and the normalisation statistics still count each crystal once.
+    folder) whose parameters start the run instead of random ones, and whose normalisation
+    of the outputs the run keeps (so it starts from the bundle's predictions); its
+    architecture must be the config's. ``oversample`` > 1 puts every training crystal of the
+    level of theory ``oversample_theory`` (e.g. ``B3LYP-D2``) that many times into each
+    epoch; validation, test and the normalisation statistics still count each crystal once.
     """
 
     seed: int = 0

@@ -261,6 +261,9 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
     sizes = ", ".join(f"{p} {len(prep.graphs[p])}" for p in ("train", "val", "test"))
     logger.info(f"data: {sizes} crystals; buckets {list(map(tuple, prep.buckets))}")
     stats = irrep_stats(prep.irreps["train"])
+    start = _start_bundle(config, tc.init_from) if tc.init_from else None
+    if start is not None:
+        stats = start[1]  # the bundle's output units, so the run starts from its predictions
     dp = DataParallel(tc.data_parallel)
     graphs, irreps, theory = _oversampled(prep, tc)
     plan = plan_steps(
@@ -277,7 +280,7 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
     first = graph_mod.pad_batch(prep.graphs["train"][:1], prep.buckets[0])
     params = init_params(config, batch_inputs(first, dtype), tc.seed)
     if tc.init_from:
-        params = _bundle_params(config, tc.init_from, params, stats)
+        params = _start_params(tc.init_from, params, start[0])
     tx, schedule = create_optimizer(config, sum(len(bs.steps) for bs in plan))
     augment = volume_augmentation(config, stats)
     if tc.loop == "scan":
@@ -321,11 +324,10 @@ def _oversampled(prep, tc) -> tuple[list, np.ndarray, np.ndarray]:
     )
 
 
-def _bundle_params(config: Config, name: str, params, stats: dict) -> Any:
-    """The parameters of the bundle ``name`` for a fine-tuning run of ``config``;
-    :class:`TrainingError` when its architecture or parameter shapes differ."""
+def _start_bundle(config: Config, name: str) -> tuple[Any, dict]:
+    """``(params, stats)`` of the bundle ``name`` for a fine-tuning run of ``config``;
+    :class:`TrainingError` when it cannot be read or is another architecture."""
     from .bundle import CheckpointError, load_bundle, model_folder
-    from .bundle import flatten_params as flat
 
     try:
         b_config, b_params, b_stats, _ = load_bundle(model_folder(name))
@@ -335,15 +337,17 @@ def _bundle_params(config: Config, name: str, params, stats: dict) -> Any:
         raise TrainingError(
             f"train.init_from: {name} is a different architecture than this run's model"
         )
+    logger.info(f"starting from the parameters and normalisation of {name}")
+    return b_params, b_stats
+
+
+def _start_params(name: str, params, b_params) -> Any:
+    """``b_params`` in the structure and dtypes of freshly initialised ``params``."""
+    from .bundle import flatten_params as flat
+
     want, got = flat(params), flat(b_params)
     if {k: v.shape for k, v in want.items()} != {k: v.shape for k, v in got.items()}:
         raise TrainingError(f"train.init_from: {name} parameter names or shapes differ")
-    if not all(np.allclose(stats[k], b_stats[k], rtol=1e-6, atol=1e-9) for k in stats):
-        logger.warning(
-            f"train.init_from: {name} was trained with other normalisation statistics; "
-            "this run's are used"
-        )
-    logger.info(f"starting from the parameters of {name}")
     return jax.tree.map(lambda a, b: np.asarray(b, np.asarray(a).dtype), params, b_params)
 
 

@@ -19,7 +19,7 @@ from e3elastic import config as cfg  # noqa: E402
 from e3elastic import data, runtime, tensors, train  # noqa: E402
 from e3elastic import graph as G  # noqa: E402
 from e3elastic.cli import main  # noqa: E402
-from e3elastic.model import batch_inputs  # noqa: E402
+from e3elastic.model import batch_inputs, irrep_stats  # noqa: E402
 from e3elastic.prepare import messages_to  # noqa: E402
 
 runtime.enable_compilation_cache()
@@ -607,6 +607,15 @@ def test_evaluation_and_inference_do_not_import_the_optimizer():
     assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
+def _stats(folder):
+    return json.loads((folder / "stats.json").read_text())
+
+
+def _other_dataset(tmp_path):
+    f = _user_file(tmp_path / "other.json", prefix="other:")
+    return data.load_dataset(f, subset="all", cache_dir=tmp_path / "other_cache")
+
+
 def _params_npz(folder):
     with np.load(folder / "params.npz") as f:
         return {k: f[k] for k in f.files}
@@ -630,6 +639,16 @@ def test_init_from_starts_at_the_bundle_and_checks_its_architecture(small_datase
     train.train_and_evaluate(fresh, tmp_path / "fresh", prepared=prep, progress=False)
     other = _params_npz(tmp_path / "fresh" / "best")
     assert not all(np.array_equal(other[k], start[k]) for k in start)
+
+    # on other data (another split, so other statistics) the bundle's normalisation is kept
+    other_data = train.prepare_data(config, dataset=_other_dataset(tmp_path))
+    assert not np.allclose(
+        _stats(tmp_path / "first" / "best")["shift"],
+        irrep_stats(other_data.irreps["train"])["shift"],
+    )
+    tuned = config.override([f"train.init_from={tmp_path / 'first/best'}"])
+    train.train_and_evaluate(tuned, tmp_path / "tuned", prepared=other_data, progress=False)
+    assert _stats(tmp_path / "tuned" / "best") == _stats(tmp_path / "first" / "best")
 
     wider = config.override(
         ["model.radial_hidden=[9]", f"train.init_from={tmp_path / 'first/best'}"]
