@@ -120,6 +120,15 @@ def _path_blocks(
     return np.concatenate(blocks, axis=-1), outs
 
 
+def _contract(x_in: jax.Array, ir_in: e3nn.Irrep, sh: jax.Array, cg_all: np.ndarray) -> jax.Array:
+    """``(E, mul, 2l1+1)`` features of one irrep times the ``(E, sh.dim)`` harmonics through
+    the stacked blocks of :func:`_path_blocks`: ``(E, mul, K)``. Scalars need no contraction
+    over ``m``: an outer product with the harmonics the paths select."""
+    if ir_in.l == 0:
+        return x_in * (sh @ cg_all[0])[:, None, :]
+    return jnp.einsum("eui,ej,ijk->euk", x_in, sh, cg_all)
+
+
 def edge_tensor_product(
     x: e3nn.IrrepsArray, sh: e3nn.IrrepsArray, filter_ir_out: list[e3nn.Irrep]
 ) -> e3nn.IrrepsArray:
@@ -140,10 +149,7 @@ def edge_tensor_product(
         if not outs or x_in is None:
             continue
         cg_all = cg_all.astype(x_in.dtype)  # (2l1+1, sh.dim, K)
-        if ir_in.l == 0:  # scalars: an outer product with the harmonics the paths select
-            y = x_in * (sh.array @ cg_all[0])[:, None, :]  # (E, mul, K)
-        else:
-            y = jnp.einsum("eui,ej,ijk->euk", x_in, sh.array, cg_all)  # (E, mul, K)
+        y = _contract(x_in, ir_in, sh.array, cg_all)  # (E, mul, K)
         start = 0
         for ir_out in outs:
             irreps_out.append((mul, ir_out))
@@ -175,11 +181,7 @@ def summed_messages(
         cg_all, outs = _path_blocks(ir_in, sh.irreps, filter_ir_out)
         if not outs or x_in is None:
             continue
-        cg_all = cg_all.astype(x_in.dtype)
-        if ir_in.l == 0:
-            y = x_in * (sh.array @ cg_all[0])[:, None, :]  # (E, mul, K)
-        else:
-            y = jnp.einsum("eui,ej,ijk->euk", x_in, sh.array, cg_all)  # (E, mul, K)
+        y = _contract(x_in, ir_in, sh.array, cg_all.astype(x_in.dtype))  # (E, mul, K)
         parts, start = [], 0
         for ir_out in outs:
             parts.append((len(entries), start, ir_out.dim))

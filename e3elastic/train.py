@@ -279,7 +279,7 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
     net = create_model(config)
     first = graph_mod.pad_batch(prep.graphs["train"][:1], prep.buckets[0])
     params = init_params(config, batch_inputs(first, dtype), tc.seed)
-    if tc.init_from:
+    if start is not None:
         params = _start_params(tc.init_from, params, start[0])
     tx, schedule = create_optimizer(config, sum(len(bs.steps) for bs in plan))
     augment = volume_augmentation(config, stats)
