@@ -170,38 +170,50 @@ def summed_messages(
     """``scatter_sum(scale_paths(edge_tensor_product(x, sh, filter_ir_out), weights))``.
 
     The same sums, without building the sorted ``(E, irreps_msg)`` message on the edges: the
-    contraction of each irrep of ``x`` is weighted and summed on receivers as it comes, and
-    only the node sums ``(N, ...)`` are sorted into the message irreps. Equal to float
-    round-off (``tests/test_model.py``).
+    contraction of each irrep of ``x`` is weighted and summed on receivers as it comes (path
+    by path for scalars, which need no contraction), and only the node sums ``(N, ...)`` are
+    sorted into the message irreps. Equal to float round-off (``tests/test_model.py``).
     """
     x, sh = x.regroup(), sh.regroup()
     entries = []  # (mul, ir_out, node chunk) in edge_tensor_product's order before sorting
-    pending = []  # per irrep of x: (y, [(entry index, start, dim)])
+    pending = []  # per irrep of x: ((x_in, ir_in, CG blocks), [(entry index, start, dim)])
     for (mul, ir_in), x_in in zip(x.irreps, x.chunks, strict=True):
         cg_all, outs = _path_blocks(ir_in, sh.irreps, filter_ir_out)
         if not outs or x_in is None:
             continue
-        y = _contract(x_in, ir_in, sh.array, cg_all.astype(x_in.dtype))  # (E, mul, K)
         parts, start = [], 0
         for ir_out in outs:
             parts.append((len(entries), start, ir_out.dim))
             entries.append([mul, ir_out, None])
             start += ir_out.dim
-        pending.append((y, parts))
-    # weight offsets follow the stable sort of the entries by irrep (scale_paths' order)
+        pending.append(((x_in, ir_in, cg_all.astype(x_in.dtype)), parts))
+    # the weights follow the stable sort of the entries by irrep (scale_paths' order)
     order = sorted(range(len(entries)), key=lambda i: entries[i][1])
-    offset, at = {}, 0
-    for i in order:
-        offset[i] = at
-        at += entries[i][0]
+    at = sum(entries[i][0] for i in order)
     if at != weights.shape[-1]:
         raise ValueError(f"{weights.shape[-1]} weights for {at} message irreps")
-    for y, parts in pending:
-        mul = y.shape[1]
+    # one split (its gradient is one concatenation, where slices would each add a padded copy)
+    pieces = jnp.split(weights, np.cumsum([entries[i][0] for i in order])[:-1], axis=-1)
+    w_of = {i: piece for i, piece in zip(order, pieces, strict=True)}  # (E, mul) per entry
+    for (x_in, ir_in, cg_all), parts in pending:
+        mul = x_in.shape[1]
+        if ir_in.l == 0:
+            # scalars: each path is (x_u w_pu) Y_l, weighted and summed path by path, so
+            # neither the (E, mul, K) product nor its weights are built
+            harmonics = sh.array @ cg_all[0]  # (E, K)
+            for i, start, d in parts:
+                z = x_in[:, :, 0] * w_of[i]  # (E, mul)
+                entries[i][2] = jax.ops.segment_sum(
+                    z[:, :, None] * harmonics[:, None, start : start + d],
+                    receivers,
+                    num_segments=n_node,
+                )  # (N, mul, d)
+            continue
+        y = _contract(x_in, ir_in, sh.array, cg_all)  # (E, mul, K)
         w = jnp.concatenate(
             [
                 jnp.broadcast_to(
-                    weights[:, offset[i] : offset[i] + mul, None], (y.shape[0], mul, d)
+                    w_of[i][:, :, None], (y.shape[0], mul, d)
                 )
                 for i, _, d in parts
             ],
@@ -319,12 +331,13 @@ class Interaction(nn.Module):
         mixed = mix(basis)  # (mul, gate_in)
         xe = x_in[senders, :, 0]  # (E, mul)
         harmonics = sh.regroup().array @ jnp.asarray(cg_all[0], x.dtype)  # (E, K)
+        w_paths = jnp.split(weights, len(outs), axis=-1)  # (E, mul) per path
         by_ir, start = {}, 0
         for p, ir in enumerate(outs):
             k = slice(start, start + ir.dim)
             start += ir.dim
             w = mixed.chunks[[i for _, i in gate_in].index(ir)][:, :, 0]  # (mul, c)
-            z = (xe * weights[:, p * mul : (p + 1) * mul]) @ w  # (E, c)
+            z = (xe * w_paths[p]) @ w  # (E, c)
             by_ir[ir] = z[:, :, None] * harmonics[:, None, k]  # (E, c, 2l+1)
         chunks = [by_ir.get(ir) for _, ir in gate_in]
         msg = e3nn.from_chunks(gate_in, chunks, senders.shape, x.dtype)
