@@ -346,6 +346,44 @@ def test_edge_tensor_product_is_e3nns_tensor_product(irreps_in, filter_out):
         np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-12)
 
 
+def test_edge_tensor_product_derivatives_are_e3nns():
+    """The contraction's own derivative rule: reverse and forward mode, with respect to the
+    features and to the edge vectors, equal e3nn-jax's."""
+    import e3nn_jax as e3nn
+    import jax.numpy as jnp
+
+    from e3elastic.model import edge_tensor_product
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        irreps = e3nn.Irreps("3x0e+2x1o+2x2e+1x3o+1x4e")
+        filt = [e3nn.Irrep(ir) for ir in ("0e", "1o", "2e", "4e")]
+        x0 = jnp.asarray(rng.normal(size=(6, irreps.dim)))
+        v0 = jnp.asarray(rng.normal(size=(6, 3)))
+
+        def loss(tp):
+            def f(xa, va):
+                x = e3nn.IrrepsArray(irreps, xa)
+                sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", e3nn.IrrepsArray("1o", va), True)
+                y = tp(x, sh, filt).array
+                return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
+
+            return f
+
+        ours = loss(edge_tensor_product)
+        ref = loss(lambda x, sh, filt: e3nn.tensor_product(x, sh, filter_ir_out=filt))
+        for a, b in zip(jax.grad(ours, (0, 1))(x0, v0), jax.grad(ref, (0, 1))(x0, v0)):
+            assert float(jnp.abs(b).max()) > 1e-3
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-10)
+        dx, dv = jnp.asarray(rng.normal(size=x0.shape)), jnp.asarray(rng.normal(size=v0.shape))
+        _, t_ours = jax.jvp(ours, (x0, v0), (dx, dv))
+        _, t_ref = jax.jvp(ref, (x0, v0), (dx, dv))
+        np.testing.assert_allclose(float(t_ours), float(t_ref), rtol=1e-10)
+        _, t_ours = jax.jvp(ours, (x0, v0), (dx, jnp.zeros_like(dv)))  # one tangent only
+        _, t_ref = jax.jvp(ref, (x0, v0), (dx, jnp.zeros_like(dv)))
+        np.testing.assert_allclose(float(t_ours), float(t_ref), rtol=1e-10)
+
+
 def test_scale_paths_is_e3nns_product_with_weights():
     import e3nn_jax as e3nn
     import jax.numpy as jnp
