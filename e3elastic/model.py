@@ -155,6 +155,9 @@ def _contract(x_in: jax.Array, ir_in: e3nn.Irrep, sh: jax.Array, cg_all: np.ndar
     if ir_in.l == 0:
         return x_in * (sh @ cg_all[0])[:, None, :]
     i, j, k = cg_all.shape
+    # the harmonics are a concatenation of one block per l; unbarriered, XLA splits the
+    # product into one full-size product per block and adds them
+    sh = jax.lax.optimization_barrier(sh)
     sh_cg = sh @ np.transpose(cg_all, (1, 0, 2)).reshape(j, i * k)  # (E, i * k)
     return _edge_vecmat(x_in, sh_cg.reshape(-1, i, k))
 
