@@ -244,12 +244,7 @@ def summed_messages(
             continue
         y = _contract(x_in, ir_in, sh.array, cg_all)  # (E, mul, K)
         w = jnp.concatenate(
-            [
-                jnp.broadcast_to(
-                    w_of[i][:, :, None], (y.shape[0], mul, d)
-                )
-                for i, _, d in parts
-            ],
+            [jnp.broadcast_to(w_of[i][:, :, None], (y.shape[0], mul, d)) for i, _, d in parts],
             axis=-1,
         )  # (E, mul, K)
         agg = jax.ops.segment_sum(y * w, receivers, num_segments=n_node)  # (N, mul, K)

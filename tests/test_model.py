@@ -372,7 +372,8 @@ def test_edge_tensor_product_derivatives_are_e3nns():
 
         ours = loss(edge_tensor_product)
         ref = loss(lambda x, sh, filt: e3nn.tensor_product(x, sh, filter_ir_out=filt))
-        for a, b in zip(jax.grad(ours, (0, 1))(x0, v0), jax.grad(ref, (0, 1))(x0, v0)):
+        got, want = jax.grad(ours, (0, 1))(x0, v0), jax.grad(ref, (0, 1))(x0, v0)
+        for a, b in zip(got, want, strict=True):
             assert float(jnp.abs(b).max()) > 1e-3
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-10)
         dx, dv = jnp.asarray(rng.normal(size=x0.shape)), jnp.asarray(rng.normal(size=v0.shape))
