@@ -230,7 +230,9 @@ class TorchInteraction(torch.nn.Module):
     component normalisation), each output irrep copy scaled by one weight from the radial MLP
     (one weight per path and channel), summed on receivers and divided by
     ``sqrt(avg_num_neighbors)``; then ``mix(messages) + self(x)`` (``o3.Linear``), the gate, and
-    ``skip(x)`` (``o3.Linear``) added.
+    ``skip(x)`` (``o3.Linear``) added. As in the JAX model, a block with only scalar inputs
+    applies ``mix`` on the edges, and a block whose inputs lead with scalars weights and sums
+    their paths one by one (``x_u w_pu Y_l``), leaving e3nn's product to the other irreps.
     """
 
     def __init__(self, irreps_in, hidden, sh_lmax, n_radial, radial_hidden, avg_num_neighbors):
@@ -269,6 +271,51 @@ class TorchInteraction(torch.nn.Module):
         self.scalar_input = irreps_in.lmax == 0 and len(irreps_in) == 1
         if self.scalar_input:
             self._setup_scalar(irreps_in, irreps_sh, irreps_msg, gate_in)
+        # other inputs led by scalars: those are weighted and summed path by path, as
+        # e3elastic.model.summed_messages does; the rest goes through e3nn's product
+        self.split_scalars = not self.scalar_input and irreps_in[0].ir == o3.Irrep("0e")
+        if self.split_scalars:
+            self._setup_split(irreps_in, irreps_sh, irreps_msg, wanted)
+
+    def _setup_split(self, irreps_in, irreps_sh, irreps_msg, wanted):
+        """Columns of the sorted message: which come from the leading scalars (path by path,
+        ``x_u w_pu Y_l`` times the product's constant, measured here) and which from
+        ``tp_rest``, the product of the other input irreps, whose outputs keep their order."""
+        self.mul0 = irreps_in[0].mul
+        rest = o3.Irreps(list(irreps_in)[1:])
+        self.tp_rest = o3.FullTensorProduct(
+            rest, irreps_sh, filter_ir_out=wanted, irrep_normalization="component"
+        )
+        entries = [
+            (a, b, mul, ir_out)
+            for a, (mul, ir1) in enumerate(irreps_in)
+            for b, (_, ir2) in enumerate(irreps_sh)
+            for ir_out in ir1 * ir2
+            if ir_out in wanted
+        ]
+        order = sorted(range(len(entries)), key=lambda k: (_jax_irrep_key(entries[k][3]), k))
+        vec = torch.randn(1, 3, dtype=torch.float64)
+        sh = o3.spherical_harmonics(irreps_sh, vec, normalize=True, normalization="component")
+        one = torch.zeros(1, irreps_in.dim, dtype=torch.float64)
+        one[0, 0] = 1.0
+        full = o3.FullTensorProduct(
+            irreps_in, irreps_sh, filter_ir_out=wanted, irrep_normalization="component"
+        ).double()
+        out = full(one, sh)[0]
+        self.scalar_paths, rest_cols, col = [], [], 0
+        for k in order:
+            a, b, mul, ir = entries[k]
+            if a == 0:
+                sl = irreps_sh.slices()[b]
+                ratio = out[col : col + ir.dim] / sh[0, sl]
+                if not torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-9):
+                    raise NotImplementedError(f"path 0e x {ir} is not a multiple of Y_{ir.l}")
+                self.scalar_paths.append((col, sl, ir.dim, float(ratio[0])))
+            else:
+                rest_cols.append(torch.arange(col, col + mul * ir.dim))
+            col += mul * ir.dim
+        assert col == irreps_msg.dim, (col, irreps_msg.dim)
+        self.register_buffer("rest_index", torch.cat(rest_cols))
 
     def _setup_scalar(self, irreps_in, irreps_sh, irreps_msg, gate_in):
         """Index tables for the edge-side mix: path ``l`` of channel ``u`` is ``x_u Y_lm``
@@ -323,9 +370,29 @@ class TorchInteraction(torch.nn.Module):
         agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
         return agg.index_add(0, receivers, msg) * self.inv_sqrt_neighbours
 
+    def _split_sums(self, x, sh, radial, senders, receivers):
+        """Summed messages ``(N, irreps_msg)``: scalar-input paths one by one, the rest in one
+        ``tp_rest``, each summed on receivers before it is placed in its columns."""
+        weights = self.radial(radial)  # (E, n_paths * mul)
+        xs = x[senders]
+        agg = torch.zeros(x.shape[0], self.tp.irreps_out.dim, dtype=x.dtype, device=x.device)
+        rest = self.tp_rest(xs[:, self.mul0 :], sh) * weights[:, self.weight_index[self.rest_index]]
+        agg[:, self.rest_index] = torch.zeros_like(agg[:, : rest.shape[1]]).index_add(
+            0, receivers, rest
+        )
+        x0 = xs[:, : self.mul0]
+        for col, sl, d, factor in self.scalar_paths:
+            n = self.mul0 * d
+            z = x0 * weights[:, self.weight_index[col : col + n : d]]  # (E, mul0)
+            m = (z[:, :, None] * (factor * sh[:, sl])[:, None, :]).reshape(len(x0), n)
+            agg[:, col : col + n] = torch.zeros_like(agg[:, :n]).index_add(0, receivers, m)
+        return agg * self.inv_sqrt_neighbours
+
     def forward(self, x, sh, radial, senders, receivers):
         if self.scalar_input:
             h = self._scalar_forward(x, sh, radial, senders, receivers)
+        elif self.split_scalars:
+            h = self.mix(self._split_sums(x, sh, radial, senders, receivers))
         else:
             msg = self.tp(x[senders], sh) * self.radial(radial)[:, self.weight_index]
             agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
