@@ -222,6 +222,27 @@ class TorchGate(torch.nn.Module):
         return torch.cat([scalars, self.mul(x[:, s + g :], gates)], dim=-1)
 
 
+def _unit_scalar_product(irreps_in, irreps_sh, wanted):
+    """``(FullTensorProduct(e_0, Y)[0], Y)`` in float64 for a unit first input channel (a
+    scalar) and the harmonics ``Y`` of a random direction: what each ``0e x Y_l`` path makes."""
+    vec = torch.randn(1, 3, dtype=torch.float64)
+    sh = o3.spherical_harmonics(irreps_sh, vec, normalize=True, normalization="component")
+    one = torch.zeros(1, irreps_in.dim, dtype=torch.float64)
+    one[0, 0] = 1.0
+    tp = o3.FullTensorProduct(
+        irreps_in, irreps_sh, filter_ir_out=wanted, irrep_normalization="component"
+    ).double()
+    return tp(one, sh)[0], sh[0]
+
+
+def _path_factor(out, sh, ir) -> float:
+    """The constant ``c`` with ``out = c Y_l`` (``out`` and ``sh`` of one path ``0e x Y_l``)."""
+    ratio = out / sh
+    if not torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-9):
+        raise NotImplementedError(f"path 0e x {ir} is not a multiple of Y_{ir.l}")
+    return float(ratio[0])
+
+
 class TorchInteraction(torch.nn.Module):
     """One point convolution with self-interaction, gate and skip connection.
 
@@ -294,23 +315,14 @@ class TorchInteraction(torch.nn.Module):
             if ir_out in wanted
         ]
         order = sorted(range(len(entries)), key=lambda k: (_jax_irrep_key(entries[k][3]), k))
-        vec = torch.randn(1, 3, dtype=torch.float64)
-        sh = o3.spherical_harmonics(irreps_sh, vec, normalize=True, normalization="component")
-        one = torch.zeros(1, irreps_in.dim, dtype=torch.float64)
-        one[0, 0] = 1.0
-        full = o3.FullTensorProduct(
-            irreps_in, irreps_sh, filter_ir_out=wanted, irrep_normalization="component"
-        ).double()
-        out = full(one, sh)[0]
+        out, sh = _unit_scalar_product(irreps_in, irreps_sh, wanted)
         self.scalar_paths, rest_cols, col = [], [], 0
         for k in order:
             a, b, mul, ir = entries[k]
             if a == 0:
                 sl = irreps_sh.slices()[b]
-                ratio = out[col : col + ir.dim] / sh[0, sl]
-                if not torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-9):
-                    raise NotImplementedError(f"path 0e x {ir} is not a multiple of Y_{ir.l}")
-                self.scalar_paths.append((col, sl, ir.dim, float(ratio[0])))
+                factor = _path_factor(out[col : col + ir.dim], sh[sl], ir)
+                self.scalar_paths.append((col, sl, ir.dim, factor))
             else:
                 rest_cols.append(torch.arange(col, col + mul * ir.dim))
             col += mul * ir.dim
@@ -322,24 +334,15 @@ class TorchInteraction(torch.nn.Module):
         (times a constant the tensor product's normalisation fixes, measured here)."""
         mul = irreps_in[0].mul
         self.paths = [ir for _, ir in irreps_msg]
-        vec = torch.randn(1, 3, dtype=torch.float64)
-        sh = o3.spherical_harmonics(irreps_sh, vec, normalize=True, normalization="component")
-        ones = torch.zeros(1, irreps_in.dim, dtype=torch.float64)
-        ones[0, 0] = 1.0
-        tp = o3.FullTensorProduct(
-            irreps_in, irreps_sh, filter_ir_out=self.paths, irrep_normalization="component"
-        ).double()
-        out = tp(ones, sh)[0]
-        factors = []
-        for (_, ir), sl_msg in zip(irreps_msg, irreps_msg.slices(), strict=True):
-            sl_sh = irreps_sh.slices()[[i for _, i in irreps_sh].index(ir)]
-            ratio = out[sl_msg][: ir.dim] / sh[0, sl_sh]
-            if not torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-9):
-                raise NotImplementedError(f"path 0e x {ir} is not a multiple of Y_{ir.l}")
-            factors.append(float(ratio[0]))
-        self.factors = factors
+        out, sh = _unit_scalar_product(irreps_in, irreps_sh, self.paths)
         self.sh_slices = [
             irreps_sh.slices()[[i for _, i in irreps_sh].index(ir)] for ir in self.paths
+        ]
+        self.factors = [
+            _path_factor(out[sl_msg][: ir.dim], sh[sl_sh], ir)
+            for (_, ir), sl_msg, sl_sh in zip(
+                irreps_msg, irreps_msg.slices(), self.sh_slices, strict=True
+            )
         ]
         self.out_index = [[i for _, i in gate_in].index(ir) for ir in self.paths]
         self.gate_in = gate_in

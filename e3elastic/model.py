@@ -135,13 +135,15 @@ def _edge_vecmat(x: jax.Array, m: jax.Array) -> jax.Array:
 def _edge_vecmat_jvp(primals, tangents):
     x, m = primals
     dx, dm = tangents
-    dy = []
+    terms = []  # one per tangent that is not a symbolic zero
     if not isinstance(dx, SymbolicZero):
-        dy.append(jnp.einsum("eui,eik->euk", dx, m))
+        terms.append(jnp.einsum("eui,eik->euk", dx, m))
     if not isinstance(dm, SymbolicZero):
-        dy.append(jnp.einsum("eui,eik->euk", x, dm))
+        terms.append(jnp.einsum("eui,eik->euk", x, dm))
     y = _edge_vecmat(x, m)
-    return y, sum(dy[1:], dy[0]) if dy else jnp.zeros_like(y)
+    if not terms:
+        return y, jnp.zeros_like(y)
+    return y, terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 _edge_vecmat.defjvp(_edge_vecmat_jvp, symbolic_zeros=True)
@@ -222,7 +224,7 @@ def summed_messages(
         pending.append(((x_in, ir_in, cg_all.astype(x_in.dtype)), parts))
     # the weights follow the stable sort of the entries by irrep (scale_paths' order)
     order = sorted(range(len(entries)), key=lambda i: entries[i][1])
-    at = sum(entries[i][0] for i in order)
+    at = sum(mul for mul, _, _ in entries)
     if at != weights.shape[-1]:
         raise ValueError(f"{weights.shape[-1]} weights for {at} message irreps")
     # one split (its gradient is one concatenation, where slices would each add a padded copy)
