@@ -68,6 +68,7 @@ __all__ = [
     "targets_from_voigt",
     "voigt_from_outputs",
     "voigt_from_outputs_jax",
+    "mandel_from_outputs_jax",
 ]
 
 #: Irreps of the elasticity tensor: 2 scalars, 2 quadrupoles and 1 hexadecapole (21 numbers),
@@ -478,8 +479,9 @@ def denormalise(y: jax.Array, stats: dict[str, Any]) -> jax.Array:
     return jnp.asarray(stats["shift"], y.dtype) + jnp.asarray(stats["scale"], y.dtype) * y
 
 
-def voigt_from_outputs_jax(irreps: jax.Array, config: ModelConfig) -> jax.Array:
-    """Differentiable :func:`voigt_from_outputs` in JAX, ``(G, 21) -> (G, 6, 6)``.
+def mandel_from_outputs_jax(irreps: jax.Array, config: ModelConfig) -> jax.Array:
+    """The Mandel 6x6 of C (GPa) from the head's irreps in GPa units, ``(G, 21) -> (G, 6, 6)``,
+    differentiable in JAX.
 
     The log head uses ``jax.scipy.linalg.expm``, whose gradient stays finite where the
     eigenvalues are degenerate (cubic and hexagonal crystals), unlike one through ``eigh``.
@@ -490,9 +492,15 @@ def voigt_from_outputs_jax(irreps: jax.Array, config: ModelConfig) -> jax.Array:
     i = np.array([p[0] for p in tensors.VOIGT_PAIRS])
     j = np.array([p[1] for p in tensors.VOIGT_PAIRS])
     v = cart[:, i[:, None], j[:, None], i[None, :], j[None, :]]  # (G, 6, 6)
-    if config.head != "log":
-        return v
     w = jnp.asarray(tensors.MANDEL_WEIGHTS, irreps.dtype)
     m = v * w[:, None] * w[None, :]
-    m = jax.vmap(jax.scipy.linalg.expm)(m)
-    return config.log_reference * m / (w[:, None] * w[None, :])
+    if config.head != "log":
+        return m
+    return config.log_reference * jax.vmap(jax.scipy.linalg.expm)(m)
+
+
+def voigt_from_outputs_jax(irreps: jax.Array, config: ModelConfig) -> jax.Array:
+    """Differentiable :func:`voigt_from_outputs` in JAX, ``(G, 21) -> (G, 6, 6)`` (see
+    :func:`mandel_from_outputs_jax`)."""
+    w = jnp.asarray(tensors.MANDEL_WEIGHTS, irreps.dtype)
+    return mandel_from_outputs_jax(irreps, config) / (w[:, None] * w[None, :])

@@ -6,7 +6,9 @@
 * :func:`volume_augmentation`: isotropic scaling of part of every batch, targets following
   Murnaghan's law;
 * :func:`per_graph_loss`: the mean squared error over the 21 normalised irreps coefficients
-  of each crystal (for the log head, the log-Euclidean distance: a relative error);
+  of each crystal (for the log head, the log-Euclidean distance: a relative error), plus, with
+  ``train.frobenius_weight``, the squared relative Frobenius error of C itself
+  (:func:`frobenius_term`);
 * :func:`make_steps` (one jitted step per batch, and the prediction step), :func:`make_scan`
   (a bucket's steps in one ``jax.lax.scan``), both built on :func:`train_step_function`;
 * :class:`TrainState`: params, optimizer state, the last finished epoch and the best
@@ -33,6 +35,7 @@ __all__ = [
     "cast_params",
     "create_model",
     "create_optimizer",
+    "frobenius_term",
     "init_params",
     "make_predict_step",
     "make_scan",
@@ -124,21 +127,58 @@ def volume_augmentation(config: Config, stats: dict[str, np.ndarray]):
     return augment
 
 
-def per_graph_loss(net, params, inputs, targets, key=None, augment=None):
+def frobenius_term(config: Config, stats: dict[str, np.ndarray]):
+    """``term(y, targets) -> (G,)`` or None: ``train.frobenius_weight`` times the squared
+    relative Frobenius error ``||C_pred - C||^2 / ||C||^2`` of each crystal, from normalised
+    outputs and targets (the accuracy metric itself, squared).
+
+    For the log head this is a loss on C = expm(L), not on L: the log-Euclidean distance
+    weighs a soft eigenvalue's relative error like a stiff one's, while the Frobenius error is
+    dominated by the stiff components. Both C come from ``jax.scipy.linalg.expm``
+    (:func:`e3elastic.model.mandel_from_outputs_jax`), whose gradient stays finite at the
+    degenerate eigenvalues of cubic and hexagonal crystals. The Mandel 6x6 is an isometry of
+    the 3x3x3x3 tensor, so its Frobenius norm is the metric's.
+    """
+    from .model import mandel_from_outputs_jax
+
+    weight = float(config.train.frobenius_weight)
+    if weight == 0:
+        return None
+    if weight < 0:
+        raise TrainingError(f"train.frobenius_weight must be >= 0, got {weight}")
+    shift = np.asarray(stats["shift"], np.float64)
+    scale = np.asarray(stats["scale"], np.float64)
+
+    def term(y, targets):
+        sh, sc = jnp.asarray(shift, y.dtype), jnp.asarray(scale, y.dtype)
+        pred = mandel_from_outputs_jax(sh + sc * y, config.model)  # (G, 6, 6)
+        true = jax.lax.stop_gradient(mandel_from_outputs_jax(sh + sc * targets, config.model))
+        num = jnp.sum((pred - true) ** 2, axis=(-2, -1))
+        den = jnp.maximum(jnp.sum(true**2, axis=(-2, -1)), 1e-12)
+        return weight * num / den
+
+    return term
+
+
+def per_graph_loss(net, params, inputs, targets, key=None, augment=None, extra=None):
     """``(loss (G,), mask (G,))``: each graph slot's mean squared error over the normalised
-    irreps (after ``augment`` with ``key``, when given), and 1 for real graphs, 0 for padding."""
+    irreps (after ``augment`` with ``key``, when given), plus ``extra(y, targets)`` (see
+    :func:`frobenius_term`) when given, and 1 for real graphs, 0 for padding."""
     if augment is not None:
         inputs, targets = augment(key, inputs, targets)
     y = net.apply(params, inputs)  # (G, 21) normalised
-    return jnp.mean((y - targets) ** 2, axis=-1), inputs["graph_mask"].astype(y.dtype)
+    loss = jnp.mean((y - targets) ** 2, axis=-1)
+    if extra is not None:
+        loss = loss + extra(y, targets)
+    return loss, inputs["graph_mask"].astype(y.dtype)
 
 
-def train_step_function(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
+def train_step_function(net, tx, n_sub: int = 1, augment=None, seed: int = 0, extra=None):
     """The un-jitted ``step(params, opt_state, inputs, targets, step)`` of :func:`make_steps`:
     returns ``(params, opt_state, loss, per-graph losses)``."""
 
     def graph_losses(params, inputs, targets, key):
-        return per_graph_loss(net, params, inputs, targets, key, augment)
+        return per_graph_loss(net, params, inputs, targets, key, augment, extra)
 
     def batch_loss(params, inputs, targets, step):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0 if step is None else step)
@@ -173,7 +213,7 @@ def make_predict_step(net):
     return predict_step
 
 
-def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
+def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0, extra=None):
     """Jitted ``train_step(params, opt_state, inputs, targets, step)`` and ``predict_step``.
 
     With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
@@ -182,13 +222,14 @@ def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0):
     all sub-batches, so the result does not depend on how the sub-batches are spread over
     devices. ``augment`` (see :func:`volume_augmentation`) is applied with a key derived from
     ``(seed, step)``, so a resumed run draws the same scalings as an uninterrupted one;
-    ``step`` is unused without it.
+    ``step`` is unused without it. ``extra`` is added to each crystal's loss (see
+    :func:`per_graph_loss`).
     """
-    train_step = jax.jit(train_step_function(net, tx, n_sub, augment, seed))
+    train_step = jax.jit(train_step_function(net, tx, n_sub, augment, seed, extra))
     return train_step, make_predict_step(net)
 
 
-def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None):
+def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None, extra=None):
     """Jitted ``run(params, opt_state, inputs, targets, order, steps)``: several train steps of
     one bucket in a single ``jax.lax.scan``.
 
@@ -201,7 +242,7 @@ def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None):
     step, ``bad (n, [n_sub,] G)`` True where a graph slot's loss was not finite (replicated
     over ``mesh``, so every process can read it).
     """
-    step = train_step_function(net, tx, n_sub, augment, seed)
+    step = train_step_function(net, tx, n_sub, augment, seed, extra)
 
     def run(params, opt_state, inputs, targets, order, steps):
         def body(carry, x):

@@ -97,6 +97,7 @@ from .steps import (
     cast_params,
     create_model,
     create_optimizer,
+    frobenius_term,
     init_params,
     make_predict_step,
     make_scan,
@@ -283,10 +284,13 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
         params = _start_params(tc.init_from, params, start[0])
     tx, schedule = create_optimizer(config, sum(len(bs.steps) for bs in plan))
     augment = volume_augmentation(config, stats)
+    extra = frobenius_term(config, stats)
     if tc.loop == "scan":
-        train_step = make_scan(net, tx, dp.n_sub, augment=augment, seed=tc.seed, mesh=dp.mesh)
+        train_step = make_scan(
+            net, tx, dp.n_sub, augment=augment, seed=tc.seed, mesh=dp.mesh, extra=extra
+        )
     else:
-        train_step, _ = make_steps(net, tx, dp.n_sub, augment=augment, seed=tc.seed)
+        train_step, _ = make_steps(net, tx, dp.n_sub, augment=augment, seed=tc.seed, extra=extra)
     run = _Run(
         config=config,
         workdir=workdir,

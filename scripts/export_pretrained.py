@@ -54,6 +54,13 @@ def by_system_table(m: dict) -> str:
     return "\n".join(lines)
 
 
+def _oversampling(train: dict) -> str:
+    n, theory = train.get("oversample", 1), train.get("oversample_theory", "")
+    if n > 1:
+        return f"every {theory} training crystal {n} times per epoch"
+    return "every training crystal once per epoch"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="run folder with best/ and final_metrics.json")
@@ -84,6 +91,9 @@ spherical harmonics to l = {cfg["model"]["sh_lmax"]}, cutoff {cfg["model"]["cuto
   de-duplicated by `e3elastic.data.load_dataset`. Head `{cfg["model"].get("head", "linear")}`,
   element descriptors {cfg["model"].get("element_descriptors", False)}, levels of theory
   {cfg["model"].get("n_theories", 0)}, volume augmentation ±{cfg["train"].get("volume_strain", 0)}.
+- **Loss:** the mean squared error of the normalised head outputs, plus
+  {cfg["train"].get("frobenius_weight", 0.0)} x the squared relative Frobenius error of C;
+  {_oversampling(cfg["train"])}.
 - **Split:** seeded hash of the material id (seed {cfg["data"]["seed"]}): train
   {len(split.get("train", []))}, val {len(split.get("val", []))}, test
   {len(split.get("test", []))} crystals. The ids are in `info.json`.

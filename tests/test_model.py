@@ -249,6 +249,12 @@ def test_log_head_equivariance_real_crystals(run, rng):
             assert _rel(b, want) < 1e-10
 
 
+_SILICON = np.array(
+    [[165.7, 63.9, 63.9, 0, 0, 0], [63.9, 165.7, 63.9, 0, 0, 0], [63.9, 63.9, 165.7, 0, 0, 0],
+     [0, 0, 0, 79.6, 0, 0], [0, 0, 0, 0, 79.6, 0], [0, 0, 0, 0, 0, 79.6]]
+)  # fmt: skip
+
+
 def test_expm_head_gradient_is_finite_at_degenerate_eigenvalues():
     # A linear-space loss through the log head differentiates expm at a cubic tensor, whose
     # Mandel eigenvalues repeat; eigh's gradient is infinite there, expm's is not.
@@ -257,10 +263,7 @@ def test_expm_head_gradient_is_finite_at_degenerate_eigenvalues():
     from e3elastic.model import voigt_from_outputs, voigt_from_outputs_jax
 
     config = cfg.tiny().model
-    silicon = np.array(
-        [[165.7, 63.9, 63.9, 0, 0, 0], [63.9, 165.7, 63.9, 0, 0, 0], [63.9, 63.9, 165.7, 0, 0, 0],
-         [0, 0, 0, 79.6, 0, 0], [0, 0, 0, 0, 79.6, 0], [0, 0, 0, 0, 0, 79.6]]
-    )  # fmt: skip
+    silicon = _SILICON
     x = tensors.voigt_to_irreps(tensors.log_voigt(silicon, config.log_reference))[None]  # (1, 21)
     with jax.enable_x64(True):
         xj = jnp.asarray(x, jnp.float64)
@@ -285,6 +288,60 @@ def test_expm_head_gradient_is_finite_at_degenerate_eigenvalues():
 
         g_eigh = np.asarray(jax.grad(loss_eigh)(xj))
         assert not np.all(np.isfinite(g_eigh))  # confirms the degenerate case is hit
+
+
+@pytest.mark.parametrize("head", ["log", "linear"])
+def test_frobenius_loss_term_is_the_squared_metric(head, rng):
+    # train.frobenius_weight adds w * rel_frobenius^2 of C; checked against the numpy metric
+    # (full 3x3x3x3 tensors), through normalised outputs with non-trivial statistics.
+    import jax.numpy as jnp
+
+    from e3elastic import metrics
+    from e3elastic.model import targets_from_voigt
+    from e3elastic.steps import frobenius_term
+
+    config = cfg.tiny().override([f"model.head={head}", "train.frobenius_weight=2.5"])
+
+    def stable():
+        a = rng.normal(size=(6, 6))
+        return 40.0 * (a @ a.T / 6 + np.eye(6))
+
+    true = np.stack([stable() for _ in range(4)] + [_SILICON])
+    pred = np.stack([stable() for _ in range(4)] + [1.1 * _SILICON])
+    t_ir, p_ir = targets_from_voigt(true, config.model), targets_from_voigt(pred, config.model)
+    stats = {"shift": rng.normal(size=21), "scale": rng.uniform(0.5, 2.0, 21)}
+    term = frobenius_term(config, stats)
+    with jax.enable_x64(True):
+        got = np.asarray(
+            term(
+                jnp.asarray((p_ir - stats["shift"]) / stats["scale"]),
+                jnp.asarray((t_ir - stats["shift"]) / stats["scale"]),
+            )
+        )
+    want = 2.5 * metrics.per_crystal_errors(pred, true)["rel_frobenius"] ** 2
+    assert np.allclose(got, want, rtol=1e-9), (got, want)
+    assert frobenius_term(cfg.tiny(), stats) is None  # weight 0: no term
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_frobenius_loss_gradient_is_finite_at_a_cubic_crystal(dtype):
+    # The log head's Frobenius term goes through expm at a cubic tensor (repeated Mandel
+    # eigenvalues), at the target itself and near it.
+    import jax.numpy as jnp
+
+    from e3elastic.model import targets_from_voigt
+    from e3elastic.steps import frobenius_term
+
+    config = cfg.tiny().override(["train.frobenius_weight=1.0"])
+    t = targets_from_voigt(_SILICON[None], config.model)
+    stats = {"shift": np.zeros(21), "scale": np.ones(21)}
+    term = frobenius_term(config, stats)
+    with jax.enable_x64(dtype == np.float64):
+        tj = jnp.asarray(t, dtype)
+        for y in (t, targets_from_voigt(1.05 * _SILICON[None], config.model)):
+            g = np.asarray(jax.grad(lambda z: term(z, tj).sum())(jnp.asarray(y, dtype)))
+            assert g.dtype == dtype and np.all(np.isfinite(g))
+        assert np.abs(g).max() > 0  # away from the target the term pulls towards it
 
 
 def test_unseen_element_embedding_is_finite_and_chemical():

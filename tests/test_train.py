@@ -677,7 +677,7 @@ def test_oversample_repeats_the_crystals_of_one_theory():
         irreps[:, 0], [{"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}[g] for g in graphs]
     )
     assert np.array_equal(th, [1 if g in "bde" else 0 for g in graphs])
-    same = train._oversampled(prep, cfg.default().train)
+    same = train._oversampled(prep, cfg.tiny().train)  # oversample 1
     assert same[0] == prep.graphs["train"]
 
     with pytest.raises(ValueError, match="at least 1"):
