@@ -44,6 +44,7 @@ def main() -> int:
             f"train.epochs={args.epochs}",
             "data.batch_size=4",
             "train.patience=40",
+            "train.oversample=1",  # every crystal here is a zeolite: an epoch is one pass
             *args.set,
         ]
     )
