@@ -141,11 +141,9 @@ def frobenius_term(config: Config, stats: dict[str, np.ndarray]):
     """
     from .model import mandel_from_outputs_jax
 
-    weight = float(config.train.frobenius_weight)
+    weight = float(config.train.frobenius_weight)  # >= 0, checked by TrainConfig
     if weight == 0:
         return None
-    if weight < 0:
-        raise TrainingError(f"train.frobenius_weight must be >= 0, got {weight}")
     shift = np.asarray(stats["shift"], np.float64)
     scale = np.asarray(stats["scale"], np.float64)
 
