@@ -17,13 +17,13 @@ previous bundle is left complete in ``.<name>.old`` beside it, and :func:`load_b
 from there. :func:`bundle_dirs` finds the bundle(s) of a bundle, run or ensemble folder.
 
 The parameter shapes a config builds come from an abstract trace of the network's ``init``,
-cached on disk under :func:`architecture_key` (:func:`expected_param_shapes`). Training
+cached on disk under :func:`e3elastic.architecture.architecture_key`
+(:func:`expected_param_shapes`). Training
 checkpoints (orbax) are in :mod:`e3elastic.checkpoint`, which re-exports this module's names.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .architecture import architecture_key
 from .config import Config
 from .errors import E3ElasticError, short_error
 from .files import atomic_write
@@ -344,24 +345,6 @@ def expected_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
 
 
 _SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
-
-
-def architecture_key(config: Config) -> str:
-    """A short hash naming the network a config builds with this code and these libraries."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
-    parts = [json.dumps(dataclasses.asdict(config.model), sort_keys=True, default=str)]
-    parts.append(__version__)
-    for module in ("model.py", "elements.py", "element_descriptors.json"):  # the architecture
-        parts.append(hashlib.sha256((Path(__file__).parent / module).read_bytes()).hexdigest())
-    for pkg in ("flax", "e3nn-jax", "jax"):
-        try:
-            parts.append(f"{pkg}={version(pkg)}")
-        except PackageNotFoundError:
-            parts.append(f"{pkg}=?")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
 def _shapes_file(key: str) -> Path:

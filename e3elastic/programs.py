@@ -11,12 +11,12 @@ prediction of one to a few crystals uses (:data:`SHIPPED_DIR`, CPU, float32; wri
 machine then compiles a stored program instead of tracing the network: no flax or e3nn-jax at
 all. They are used only while :func:`network_key` of the config matches the key they were
 exported under, i.e. for the same model config, the same model source files and the same flax
-and e3nn-jax versions; anything else traces the network as before.
+and e3nn-jax versions; anything else traces the network as before. Both keys are defined in
+:mod:`e3elastic.architecture`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from functools import lru_cache
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import graph as graph_mod
+from .architecture import architecture_key, network_key
 from .config import Config
 from .files import atomic_write
 from .runtime import cache_root
@@ -41,32 +42,6 @@ __all__ = [
 
 #: Programs shipped with the package (see the module docstring).
 SHIPPED_DIR = Path(__file__).parent / "compiled"
-#: Source files whose content defines what the network computes.
-NETWORK_SOURCES = (
-    "model.py",
-    "interface.py",
-    "tensors.py",
-    "voigt.py",
-    "elements.py",
-    "element_descriptors.json",
-)
-
-
-def network_key(config: Config) -> str:
-    """A hash of what the network of ``config`` computes: its model config, the sources in
-    :data:`NETWORK_SOURCES` and the flax and e3nn-jax versions (not jax's: an exported
-    program stays loadable by later jax versions)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = [json.dumps(dataclasses.asdict(config.model), sort_keys=True, default=str)]
-    root = Path(__file__).parent
-    parts += [hashlib.sha256((root / f).read_bytes()).hexdigest() for f in NETWORK_SOURCES]
-    for pkg in ("flax", "e3nn-jax"):
-        try:
-            parts.append(f"{pkg}={version(pkg)}")
-        except PackageNotFoundError:
-            parts.append(f"{pkg}=?")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
 def program_digest(key: str, inputs_sig: Any, params_sig: Any, backend: str, x64: bool) -> str:
@@ -127,7 +102,7 @@ class StoredPrograms:
 
     Tracing the flax/e3nn network takes seconds; so every program is also exported
     (``jax.export``, StableHLO) to ``<cache>/exported/``, keyed by the architecture
-    (:func:`e3elastic.bundle.architecture_key`), the input and parameter shapes, the
+    (:func:`e3elastic.architecture.architecture_key`), the input and parameter shapes, the
     backend and the precision mode. A later process deserialises it instead of tracing, and XLA
     compiles it from the persistent compilation cache. Without a usable cache (or without the
     ``flatbuffers`` package that serialisation needs) it falls back to a plain ``jax.jit``.
@@ -153,8 +128,6 @@ class StoredPrograms:
 
     def _program(self, params, inputs, sig):
         import jax
-
-        from .bundle import architecture_key
 
         try:
             from jax import export
