@@ -19,6 +19,7 @@ import pytest
 
 from e3elastic import plots, tensors
 from e3elastic.examples import example_voigt
+from e3elastic.plots import directional
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -292,7 +293,7 @@ def test_plotted_youngs_radius_is_e100(mpl, tmp_path):
     assert_png(out)
     assert list(sections) == ["xy", "xz", "yz"]
     assert sections["xy"].values[0] == pytest.approx(e100, rel=1e-12)
-    fig = plots._youngs_sections_figure(sections, None)
+    fig = directional._youngs_sections_figure(sections, None)
     ax = fig.axes[0]
     assert ax.get_title().startswith("xy")
     (line,) = ax.get_lines()
@@ -306,7 +307,7 @@ def test_negative_compressibility_is_visible(mpl, tmp_path):
     C = negative_compressibility_tensor()
     out, sections = plots.compressibility_sections(C, tmp_path / "b.png", return_data=True)
     assert_png(out)
-    fig = plots._compressibility_figure(sections, None)
+    fig = directional._compressibility_figure(sections, None)
     ax_xy = fig.axes[0]
     dashed = [ln for ln in ax_xy.get_lines() if ln.get_linestyle() == "--"]
     solid = [ln for ln in ax_xy.get_lines() if ln.get_linestyle() == "-"]
@@ -330,7 +331,7 @@ def test_silicon_has_no_negative_compressibility_curve(mpl):
     sections = {
         p: plots.section_values(silicon(), p, 91, "compressibility") for p in "xy xz".split()
     }
-    fig = plots._compressibility_figure(sections, "Si")
+    fig = directional._compressibility_figure(sections, "Si")
     for ax in fig.axes:
         assert all(ln.get_label() != plots.NEGATIVE_LABEL for ln in ax.get_lines())
 
