@@ -1,11 +1,20 @@
-"""The command line's own choice lists agree with the package, and building its parser stays
-cheap (no data package, no JAX)."""
+"""The command line: its choice lists agree with the package, building its parser stays cheap (no
+data package, no JAX); `tensor` and `plot` on small inputs checked against moduli worked out by
+hand; `data summary` options; and scripts/test.sh."""
 
+import json
+import struct
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from e3elastic import config, data
-from e3elastic.cli import build_parser, options
+from e3elastic.cli import build_parser, main, options
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _choices(command: str, option: str) -> tuple:
@@ -32,3 +41,272 @@ def test_building_the_parser_imports_neither_data_nor_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# the test script
+# --------------------------------------------------------------------------------------------
+
+
+def test_test_script_fails_when_pytest_collects_nothing():
+    # scripts/test.sh passes pytest's status on: "no tests collected" (5) is a failure
+    import os
+
+    stamp = Path(sys.prefix) / ".e3elastic-installed-dev"
+    if not stamp.is_file() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        pytest.skip("scripts/test.sh would install into this environment first")
+    env = dict(os.environ, E3ELASTIC_VENV=sys.prefix)
+    cmd = ["bash", str(ROOT / "scripts" / "test.sh"), "tests/test_cli.py", "-q"]
+    out = subprocess.run(
+        [*cmd, "-p", "no:cacheprovider", "-k", "no_test_has_this_name"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 5, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "collected no tests" in out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# e3elastic tensor
+# --------------------------------------------------------------------------------------------
+
+# silicon (GPa), a cubic tensor whose moduli are worked out here by hand
+C11, C12, C44 = 166.0, 64.0, 79.6
+
+
+def _cubic(c11, c12, c44) -> list[list[float]]:
+    v = np.zeros((6, 6))
+    v[:3, :3] = c12
+    v[np.arange(3), np.arange(3)] = c11
+    v[3:, 3:] = np.diag([c44] * 3)
+    return v.tolist()
+
+
+def _by_hand(c11, c12, c44) -> dict[str, float]:
+    """Voigt, Reuss and Hill moduli and E along a cube axis of a cubic crystal (closed forms)."""
+    k = (c11 + 2 * c12) / 3  # Voigt and Reuss agree for cubic symmetry
+    g_v = (c11 - c12 + 3 * c44) / 5
+    g_r = 5 * (c11 - c12) * c44 / (4 * c44 + 3 * (c11 - c12))
+    s11 = (c11 + c12) / ((c11 - c12) * (c11 + 2 * c12))
+    g = (g_v + g_r) / 2
+    return {
+        "K_V_GPa": k,
+        "K_R_GPa": k,
+        "K_VRH_GPa": k,
+        "G_V_GPa": g_v,
+        "G_R_GPa": g_r,
+        "G_VRH_GPa": g,
+        "youngs_modulus_GPa": 9 * k * g / (3 * k + g),
+        "poisson_ratio": (3 * k - 2 * g) / (2 * (3 * k + g)),
+        "E_100": 1 / s11,
+        "universal_anisotropy": 5 * g_v / g_r - 5,  # + K_V/K_R - 6 = 5 G_V/G_R - 5
+    }
+
+
+def test_tensor_reads_json_text_and_objects_and_prints_the_table(tmp_path, capsys):
+    v = _cubic(C11, C12, C44)
+    files = {
+        "list.json": json.dumps(v),
+        "object.json": json.dumps({"voigt_GPa": v, "note": "silicon"}),
+        "matrix.txt": "# silicon, GPa\n" + "\n".join(", ".join(f"{x:g}" for x in row) for row in v),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    capsys.readouterr()
+    assert main(["tensor", *(str(tmp_path / n) for n in files)]) == 0
+    out = capsys.readouterr().out
+    want = _by_hand(C11, C12, C44)
+    blocks = [b for b in out.split("\n\n") if b.strip()]
+    assert len(blocks) == 3
+    for name, block in zip(files, blocks, strict=True):
+        lines = block.splitlines()
+        assert lines[0] == str(tmp_path / name)
+        matrix = np.array([[float(x) for x in line.split()] for line in lines[2:8]])
+        np.testing.assert_allclose(matrix, v, atol=0.005)
+
+        assert _numbers(lines, "bulk modulus") == pytest.approx([want["K_V_GPa"]] * 3, abs=0.005)
+        g = [want["G_V_GPa"], want["G_R_GPa"], want["G_VRH_GPa"]]
+        assert _numbers(lines, "shear modulus") == pytest.approx(g, abs=0.005)
+        assert _numbers(lines, "Young's modulus") == pytest.approx(
+            [want["youngs_modulus_GPa"]], abs=0.005
+        )
+        assert _numbers(lines, "Poisson") == pytest.approx([want["poisson_ratio"]], abs=5e-5)
+        assert _numbers(lines, "E along x, y, z") == pytest.approx([want["E_100"]] * 3, abs=0.005)
+        assert "-> stable" in block
+
+
+def test_tensor_json_holds_the_moduli(tmp_path, capsys):
+    f = tmp_path / "si.json"
+    f.write_text(json.dumps({"voigt_GPa": _cubic(C11, C12, C44)}))
+    capsys.readouterr()
+    assert main(["tensor", "--json", str(f)]) == 0
+    [rep] = json.loads(capsys.readouterr().out)
+    assert rep["name"] == str(f) and rep["error"] is None
+    assert rep["voigt_GPa"] == _cubic(C11, C12, C44)
+    for key, value in _by_hand(C11, C12, C44).items():
+        if key in rep:
+            assert rep[key] == pytest.approx(value, rel=1e-12), key
+    # Mandel eigenvalues of a cubic tensor: C11 + 2 C12, C11 - C12 (twice), 2 C44 (three times)
+    assert rep["min_eigenvalue_GPa"] == pytest.approx(min(C11 + 2 * C12, C11 - C12, 2 * C44))
+    assert rep["born_stable"] is True
+
+
+def test_tensor_that_is_not_positive_definite_exits_1(tmp_path, capsys):
+    # C12 > C11: the Mandel eigenvalue C11 - C12 = -50 GPa
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps(_cubic(50.0, 100.0, 30.0)))
+    good.write_text(json.dumps(_cubic(C11, C12, C44)))
+    capsys.readouterr()
+    assert main(["tensor", str(good)]) == 0
+    capsys.readouterr()
+    assert main(["tensor", str(bad), str(good)]) == 1
+    out = capsys.readouterr()
+    assert "UNSTABLE" in out.out and "-> stable" in out.out  # both reports are printed
+    assert out.err.startswith(f"error: {bad}: not positive-definite")
+    assert "-50.00 GPa" in out.err and str(good) not in out.err
+    assert main(["tensor", "--json", str(bad)]) == 1
+    [rep] = json.loads(capsys.readouterr().out)
+    assert "not positive-definite" in rep["error"] and rep["born_stable"] is False
+    assert rep["min_eigenvalue_GPa"] == pytest.approx(-50.0)
+
+
+def test_tensor_refuses_what_is_not_a_symmetric_6x6(tmp_path, capsys):
+    asym = np.array(_cubic(C11, C12, C44))
+    asym[0, 1] += 10.0
+    cases = {"five.json": json.dumps(np.eye(5).tolist()), "asym.json": json.dumps(asym.tolist())}
+    cases["words.txt"] = "a b c\n"
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        capsys.readouterr()
+        assert main(["tensor", str(tmp_path / name)]) in (1, 2), name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and name in err and "Traceback" not in err, err
+
+
+def _numbers(lines: list[str], label: str) -> list[float]:
+    """The numbers after the colon on the one table line that starts with ``label``."""
+    (line,) = [x for x in lines if x.strip().startswith(label)]
+    return [float(t) for t in line.split(":")[1].split() if t[0].isdigit() or t[0] == "-"]
+
+
+# --------------------------------------------------------------------------------------------
+# e3elastic plot
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every matplotlib figure saved during the test, with its file and nominal pixel size."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    saved = []
+    real = Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        saved.append((self, Path(fname), self.get_size_inches() * kwargs.get("dpi", 100)))
+        return real(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def _check_pngs(drawn, printed: list[str], names: list[str]) -> None:
+    """The files printed are the figures saved, valid PNGs of about the size drawn (150 dpi
+    times the figure size, give or take the tight bounding box and its padding)."""
+    assert [Path(p).name for p in printed] == names
+    assert [f.name for _, f, _ in drawn] == names
+    for _, f, nominal in drawn:
+        assert f.is_file() and f.stat().st_size > 10_000, f
+        w, h = _png_size(f)
+        assert 0.85 < w / nominal[0] < 1.3 and 0.85 < h / nominal[1] < 1.3, (f, w, h, nominal)
+
+
+def _section_extrema(fig) -> list[tuple[float, float]]:
+    """(min, max) of the curve drawn in each polar panel."""
+    out = []
+    for ax in fig.axes:
+        if ax.name == "polar":
+            (line,) = ax.get_lines()
+            r = np.asarray(line.get_ydata(), float)
+            out.append((r.min(), r.max()))
+    return out
+
+
+def _e_100_and_110(voigt) -> tuple[float, float]:
+    from e3elastic import tensors
+
+    dirs = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    e = tensors.directional_youngs_modulus(
+        np.asarray(voigt), dirs / np.linalg.norm(dirs, axis=1)[:, None]
+    )
+    return float(e[0]), float(e[1])
+
+
+KINDS = ["youngs_surface", "youngs_sections", "compressibility_sections"]
+
+
+def test_plot_voigt_draws_the_directional_modulus(tmp_path, drawn, capsys):
+    f = tmp_path / "si.json"
+    f.write_text(json.dumps({"voigt_GPa": _cubic(C11, C12, C44)}))
+    capsys.readouterr()
+    assert main(["plot", "voigt", str(f), "--out", str(tmp_path / "si")]) == 0
+    printed = capsys.readouterr().out.split()
+    _check_pngs(drawn, printed, [f"si_{k}.png" for k in KINDS])
+    # In each cube plane E runs from E[100] (its minimum for silicon) to E[110]: by hand from the
+    # compliance, 1/E[100] = S11, 1/E[110] = S11 - (S11 - S12 - S44/2)/2, and from tensors.
+    s = np.linalg.inv(np.array(_cubic(C11, C12, C44)))
+    e100, e110 = 1 / s[0, 0], 1 / (s[0, 0] - (s[0, 0] - s[0, 1] - s[3, 3] / 2) / 2)
+    assert _e_100_and_110(_cubic(C11, C12, C44)) == pytest.approx((e100, e110), rel=1e-12)
+    sections = drawn[1][0]
+    assert _section_extrema(sections) == [pytest.approx((e100, e110), rel=1e-12)] * 3
+
+
+def test_plot_structure_draws_the_prediction(tmp_path, drawn, capsys):
+    from e3elastic import inference
+
+    cif = ROOT / "examples" / "silicon.cif"
+    capsys.readouterr()
+    argv = ["plot", "structure", str(cif), "--model", "default", "--out", str(tmp_path / "p")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.split()
+    _check_pngs(drawn, printed, [f"p_{k}.png" for k in KINDS])
+    # what is drawn is the model's tensor for this file: the sections' extrema are its E along
+    # the cube axes and face diagonals (the example is in its cubic setting)
+    voigt = inference.predict(str(cif), "default")["voigt_GPa"]
+    lo, hi = sorted(_e_100_and_110(voigt))
+    assert _section_extrema(drawn[1][0]) == [pytest.approx((lo, hi), rel=1e-6)] * 3
+
+
+def test_plot_parity_draws_an_evaluation(tmp_path, drawn, capsys):
+    from pymatgen.core import Lattice, Structure
+
+    rows = [
+        ("t-nacl", Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                             [[0, 0, 0], [0.5] * 3]), _cubic(49, 13, 13)),
+        ("t-mgo", Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"],
+                                            [[0, 0, 0], [0.5] * 3]), _cubic(297, 95, 156)),
+        ("t-cscl", Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5] * 3]),
+         _cubic(36, 9, 8)),
+    ]  # fmt: skip
+    f = tmp_path / "cubic.json"
+    f.write_text(
+        json.dumps([{"id": i, "structure": s.as_dict(), "voigt_GPa": v} for i, s, v in rows])
+    )
+    capsys.readouterr()
+    argv = ["plot", "parity", "--model", "default", "--data", str(f), "--split", "all"]
+    assert main([*argv, "--out", str(tmp_path / "parity")]) == 0
+    printed = capsys.readouterr().out.split()
+    _check_pngs(drawn, printed, ["parity.png"])
+    capsys.readouterr()
+    assert main(["plot", "parity", "--data", str(f)]) == 2  # parity needs a model
+    assert "needs --model" in capsys.readouterr().err

@@ -95,7 +95,21 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
     return jobs
 
 
+def _unstable(props: dict) -> str | None:
+    """The error of a tensor that is not positive-definite (its Reuss and Hill averages, E and
+    nu then mean nothing), or None."""
+    if props["born_stable"]:
+        return None
+    lowest = float(props["min_eigenvalue_GPa"])
+    return (
+        f"not positive-definite (smallest Mandel eigenvalue {lowest:.2f} GPa): not "
+        "mechanically stable, so the derived moduli are not meaningful"
+    )
+
+
 def _cmd_tensor(args: argparse.Namespace) -> int:
+    """Exit 1 when a tensor is invalid or not positive-definite (the report of an unstable one
+    is still printed, marked UNSTABLE)."""
     from e3elastic import tensors
 
     failed = 0
@@ -103,19 +117,22 @@ def _cmd_tensor(args: argparse.Namespace) -> int:
     for name, voigt in _jobs(args):
         try:
             tensors.compliance_voigt(voigt)  # validates shape, symmetry, finiteness
+            props = tensors.derived_properties(voigt)
+            error = _unstable(props)
             if args.json:
-                props = tensors.derived_properties(voigt)
                 reports.append(
-                    {"name": name, "voigt_GPa": voigt.tolist(), "error": None}
+                    {"name": name, "voigt_GPa": voigt.tolist(), "error": error}
                     | {k: (bool(v) if v.dtype == bool else float(v)) for k, v in props.items()}
                 )
             else:
                 print(format_tensor_report(name, voigt), end="\n\n")
         except ValueError as err:
-            failed += 1
+            error = str(err)
             if args.json:
-                reports.append({"name": name, "error": str(err)})
-            print(f"error: {name}: {err}", file=sys.stderr)
+                reports.append({"name": name, "error": error})
+        if error is not None:
+            failed += 1
+            print(f"error: {name}: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps(reports, indent=2))
     return 1 if failed else 0
