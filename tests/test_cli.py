@@ -310,3 +310,105 @@ def test_plot_parity_draws_an_evaluation(tmp_path, drawn, capsys):
     capsys.readouterr()
     assert main(["plot", "parity", "--data", str(f)]) == 2  # parity needs a model
     assert "needs --model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# e3elastic data summary
+# --------------------------------------------------------------------------------------------
+
+ROCK_SALTS = [
+    ("Na", "Cl", 5.64), ("Mg", "O", 4.21), ("K", "Cl", 6.29), ("Li", "F", 4.03),
+    ("Ca", "O", 4.81), ("Ba", "O", 5.52), ("Na", "F", 4.63), ("K", "Br", 6.60),
+    ("Sr", "O", 5.16), ("Li", "Cl", 5.13), ("Rb", "Cl", 6.58), ("Ag", "Cl", 5.55),
+]  # fmt: skip
+# the same formulas in the CsCl (B2) structure, a = 0.62 of the rock-salt one (same bond length)
+B2 = ROCK_SALTS[:4]
+
+
+def _summary_file(path: Path):
+    """User-format data: 12 rock salts, 4 of their formulas again as B2 crystals, one unstable
+    tensor (C12 > C11) and one whose C22 breaks its cubic symmetry. Returns the file, the
+    unstable and the asymmetric id, and that one's symmetry residual."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from e3elastic import tensors
+
+    def rock_salt(a_el, b_el, a):
+        return Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(a), [a_el, b_el], [[0, 0, 0], [0.5] * 3]
+        ).get_primitive_structure()
+
+    rows = []
+    for a_el, b_el, a in ROCK_SALTS:
+        s = (5.0 / a) ** 4
+        rows.append((f"rs:{a_el}{b_el}", rock_salt(a_el, b_el, a), _cubic(120 * s, 40 * s, 30 * s)))
+    for a_el, b_el, a in B2:
+        b2 = Structure(Lattice.cubic(0.62 * a), [a_el, b_el], [[0, 0, 0], [0.5] * 3])
+        rows.append((f"b2:{a_el}{b_el}", b2, _cubic(90.0, 50.0, 20.0)))
+    unstable = ("bad:CaF", rock_salt("Ca", "F", 5.0), _cubic(50.0, 100.0, 30.0))
+    skewed = np.array(_cubic(200.0, 60.0, 50.0))
+    skewed[1, 1] = 240.0
+    asym = ("asym:SrS", rock_salt("Sr", "S", 6.02), skewed.tolist())
+    rows += [unstable, asym]
+    ops = SpacegroupAnalyzer(asym[1]).get_point_group_operations(cartesian=True)
+    residual = float(tensors.symmetry_residual(skewed, np.array([o.rotation_matrix for o in ops])))
+    path.write_text(
+        json.dumps([{"id": i, "structure": s.as_dict(), "voigt_GPa": v} for i, s, v in rows])
+    )
+    return path, unstable[0], asym[0], residual
+
+
+def _summary(capsys, f: Path, tmp: Path, *options: str) -> tuple[dict[str, list[str]], dict]:
+    """``data summary --json`` of ``f`` with options: the split it saved, and its report."""
+    out = tmp / "split.json"
+    out.unlink(missing_ok=True)
+    argv = ["data", "summary", "--data", str(f), "--subset", "all", "--json"]
+    argv += ["--cache-dir", str(tmp / "cache")]
+    capsys.readouterr()
+    assert main([*argv, "--save-split", str(out), *options]) == 0
+    report = json.loads(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert saved["format"] == "e3elastic-split"
+    return saved["split"], report
+
+
+def _ids(split: dict[str, list[str]]) -> set[str]:
+    return {i for part in split.values() for i in part}
+
+
+def test_data_summary_options_reach_the_dataset(tmp_path, capsys):
+    f, unstable, asym, residual = _summary_file(tmp_path / "d.json")
+    assert 0.05 < residual < 0.2  # dropped at the default tolerance, 0.05
+    split, report = _summary(capsys, f, tmp_path)
+    split_seed_0, ids = split, _ids(split)
+    assert len(ids) == sum(len(p) for p in split.values())  # each id in one part
+    assert ids == {f"rs:{a}{b}" for a, b, _ in ROCK_SALTS} | {f"b2:{a}{b}" for a, b, _ in B2}
+    assert report["records"] == len(ids)
+    assert report["options"]["tolerance"] == 0.05 and report["options"]["holdout"] == "id"
+    assert report["options"]["keep_unstable"] is False
+
+    # --keep-unstable keeps the tensor that is not positive-definite; --tolerance above the
+    # skewed tensor's residual keeps it too
+    tolerance = f"{2 * residual:.4f}"
+    split, report = _summary(capsys, f, tmp_path, "--keep-unstable", "--tolerance", tolerance)
+    assert _ids(split) == ids | {unstable, asym}
+    assert report["options"]["keep_unstable"] is True
+    assert report["options"]["tolerance"] == pytest.approx(2 * residual, abs=1e-4)
+
+    def parts_of_formulas(split):
+        parts: dict[str, set[str]] = {}
+        for part, members in split.items():
+            for i in members:
+                parts.setdefault(i.split(":")[1], set()).add(part)
+        return parts
+
+    # --holdout composition: each reduced formula in one part only; a split by id with the
+    # same seed puts some formula (rock salt and B2) in two parts
+    split, report = _summary(capsys, f, tmp_path, "--holdout", "composition", "--seed", "1")
+    assert _ids(split) == ids and report["options"]["holdout"] == "composition"
+    assert all(len(p) == 1 for p in parts_of_formulas(split).values()), split
+    by_id, _ = _summary(capsys, f, tmp_path, "--seed", "1")
+    assert any(len(p) > 1 for p in parts_of_formulas(by_id).values()), by_id
+    # the seed moves crystals between parts
+    assert by_id != split_seed_0
