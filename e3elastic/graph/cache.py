@@ -138,6 +138,10 @@ def load_graphs(path: str | os.PathLike, key: str | None = None) -> list[Crystal
     return graphs
 
 
+#: Cache folders already reported as unwritable in this process.
+_UNWRITABLE: set[Path] = set()
+
+
 def build_graphs_cached(
     items: Iterable[tuple[str, Any]],
     cutoff: float = DEFAULT_CUTOFF,
@@ -152,7 +156,7 @@ def build_graphs_cached(
     ``allow_isolated`` and the format version, so any change rebuilds. ``max_edges`` is
     checked on cached graphs too. Without ``cache_dir`` nothing is cached. An unreadable or
     stale cache file is rebuilt and overwritten; a cache that cannot be written is reported on
-    stderr and the graphs are returned all the same.
+    stderr (once per folder and process) and the graphs are returned all the same.
     """
     items = list(items)
     if cache_dir is None:
@@ -177,7 +181,9 @@ def build_graphs_cached(
         try:
             save_graphs(path, graphs, key)
         except OSError as err:
-            print(f"warning: cannot write graph cache {path}: {err}", file=sys.stderr)
+            if path.parent not in _UNWRITABLE:  # once per folder, not once per split
+                _UNWRITABLE.add(path.parent)
+                print(f"warning: cannot write graph cache {path}: {err}", file=sys.stderr)
     elif max_edges is not None:
         for g in graphs:
             if g.n_edge > max_edges:
