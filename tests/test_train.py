@@ -112,8 +112,9 @@ def _config(**train_kw):
     return config.override([*sets, "data.batch_size=4", "data.n_buckets=1"])
 
 
-def test_overfit_one_crystal_under_60s():
-    t0 = time.perf_counter()
+def test_overfit_one_crystal():
+    # how long this takes is measured by benchmarks/bench_overfit.py, not asserted here: a
+    # wall-clock bound fails on a busy machine
     s = _rocksalt("Mg", "O", 4.21)
     target = _cubic_voigt(297.0, 95.0, 155.0)  # MgO-like, GPa
     x = tensors.voigt_to_irreps(target)
@@ -139,9 +140,7 @@ def test_overfit_one_crystal_under_60s():
             rel = np.linalg.norm(c_pred - c_true) / np.linalg.norm(c_true)
             if rel < 0.01:
                 break
-    elapsed = time.perf_counter() - t0
     assert rel < 0.01, f"relative error {rel:.4f} after {i + 1} steps"
-    assert elapsed < 60, f"took {elapsed:.1f} s"
 
 
 def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path):
@@ -163,12 +162,14 @@ def test_train_writes_metrics_bundle_and_resumes_exactly(small_dataset, tmp_path
     with pytest.raises(Stop), messages_to(_stop_after(1)):
         train.train_and_evaluate(config, part, prepared=prep, progress=False)
     assert len((part / "metrics.jsonl").read_text().splitlines()) == 2
-    train.train_and_evaluate(config, part, prepared=prep, resume=True, progress=False)
+    assert not (part / ".lock").exists()  # released by the interrupted run
+    resumed = train.train_and_evaluate(config, part, prepared=prep, resume=True, progress=False)
 
     assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
     assert (part / "best" / "params.npz").read_bytes() == (
         full / "best" / "params.npz"
     ).read_bytes()
+    assert resumed["best_epoch"] == out["best_epoch"]  # the best-so-far record is restored
 
 
 def test_bundle_round_trip_is_bit_identical(small_dataset, tmp_path):
@@ -248,38 +249,77 @@ def _epochs(workdir):
     return [json.loads(x)["epoch"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resumed_run_stops_early_at_the_epoch_of_an_uninterrupted_run(val_dataset, tmp_path):
-    # With a zero learning rate the first evaluation (epoch 1) stays the best one, so with
-    # eval_every=2 and patience=3 training stops at the first evaluation at least 3 epochs
-    # later: epoch 5.
-    config = _config(epochs=10, learning_rate=0.0, eval_every=2, patience=3)
-    prep = train.prepare_data(config, dataset=val_dataset)
-    full = tmp_path / "full"
-    out = train.train_and_evaluate(config, full, prepared=prep, progress=False)
-    assert _epochs(full) == [0, 1, 2, 3, 4, 5]
-    assert out["best_epoch"] == 1
+def _stop(config, with_val: bool = True, minutes_ago: float = 0.0):
+    """Run the end-of-epoch bookkeeping of the training loop (``train._validate`` then
+    ``train._should_stop``, as ``train`` calls them) on validation scores given per epoch;
+    returns (the epoch it stops after or None, the best epoch)."""
+    from types import SimpleNamespace
 
-    part = tmp_path / "part"
-    with pytest.raises(Stop), messages_to(_stop_after(2)):
-        train.train_and_evaluate(config, part, prepared=prep, progress=False)
-    assert not (part / ".lock").exists()
-    resumed = train.train_and_evaluate(config, part, prepared=prep, resume=True, progress=False)
-    assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
-    assert resumed["best_epoch"] == out["best_epoch"]
+    run = SimpleNamespace(
+        config=config,
+        prep=SimpleNamespace(graphs={"val": ["a crystal"] if with_val else []}),
+        predict_step=None,
+        stats=None,
+        dtype=np.float32,
+        t_start=time.perf_counter() - 60 * minutes_ago,
+    )
+    state = train.TrainState(params={}, opt_state={})
+    for epoch in range(config.train.epochs):
+        record = {"epoch": epoch, "train_loss": 1.0}
+        state, _ = train._validate(run, state, record)
+        if train._should_stop(run, state, epoch, "val" in record):
+            return epoch, state.best_epoch
+    return None, state.best_epoch
 
 
-def test_unwritable_graph_cache_warns_and_training_goes_on(
+def test_patience_counts_epochs_since_the_best_evaluation(monkeypatch):
+    evaluated = []
+
+    def evaluate_model(predict_step, params, stats, prep, part, config, dtype):
+        evaluated.append(epoch_scores.pop(0))
+        return {"rel_frobenius": evaluated[-1]}
+
+    monkeypatch.setattr(train, "evaluate_model", evaluate_model)
+    # eval_every 2: evaluations after epochs 1, 3, 5, ...; the first stays the best, so with
+    # patience 3 training stops at the first evaluation 3 or more epochs later, epoch 5
+    config = _config(epochs=10, eval_every=2, patience=3)
+    epoch_scores = [0.5] * 10
+    assert _stop(config) == (5, 1)
+    assert evaluated == [0.5] * 3  # epochs 1, 3 and 5
+    # eval_every 1, patience 2: bests at epochs 0, 1 and 3 (equal is not better); stop at 5
+    evaluated.clear()
+    epoch_scores = [0.9, 0.8, 0.85, 0.7, 0.7, 0.75, 0.6, 0.5]
+    assert _stop(_config(epochs=8, eval_every=1, patience=2)) == (5, 3)
+    # an improvement every time: never stops early
+    epoch_scores = [1.0 - 0.1 * k for k in range(6)]
+    assert _stop(_config(epochs=6, eval_every=1, patience=1)) == (None, 5)
+    # without a validation split every epoch counts as the best
+    assert _stop(_config(epochs=6, eval_every=1, patience=1), with_val=False) == (None, 5)
+
+
+def test_max_minutes_stops_after_the_epoch_that_passes_it(caplog):
+    caplog.set_level("INFO")
+    no_val = {"with_val": False}
+    assert _stop(_config(epochs=5, max_minutes=1.0), minutes_ago=1.01, **no_val) == (0, 0)
+    assert "stopping: reached max_minutes=1.0" in caplog.text
+    assert _stop(_config(epochs=5, max_minutes=1.0), minutes_ago=0.98, **no_val) == (None, 4)
+    assert _stop(_config(epochs=5, max_minutes=0.0), minutes_ago=1e6, **no_val) == (None, 4)
+
+
+def test_unwritable_graph_cache_warns_and_preparation_goes_on(
     small_dataset, tmp_path, monkeypatch, capsys
 ):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     monkeypatch.setenv("E3ELASTIC_CACHE", str(not_a_folder / "cache"))
-    config = _config(epochs=1)
-    prep = train.prepare_data(config, dataset=small_dataset)
-    out = train.train_and_evaluate(config, tmp_path / "run", prepared=prep, progress=False)
-    assert out["test"]["n"] == len(prep.records["test"])
-    err = capsys.readouterr().err
-    assert "warning: cannot write graph cache" in err and str(not_a_folder) in err
+    prep = train.prepare_data(_config(epochs=1), dataset=small_dataset)
+    assert len(prep.graphs["train"]) == len(prep.records["train"]) > 0
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")]
+    assert len(warnings) == 1, warnings
+    assert (
+        warnings[0].startswith("warning: cannot write graph cache")
+        and str(not_a_folder) in warnings[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -387,27 +427,56 @@ def test_a_live_lock_refuses_a_second_trainer(small_dataset, tmp_path, capsys):
     assert not (w / "config.json").exists()
 
 
-def test_a_stale_lock_is_taken_over(small_dataset, tmp_path):
+def test_train_float64_on_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path / "cache"))
+    f = _user_file(tmp_path / "rocksalt.json")
+    w = tmp_path / "run"
+    argv = ["train", "--config", "tiny", "--data", str(f), "--subset", "all", "--epochs", "1"]
+    argv += ["--workdir", str(w), "--set", "data.batch_size=4", "--set", "data.n_buckets=1"]
+    assert main([*argv, "--float64"]) == 0
+    assert "test: " in capsys.readouterr().out
+    assert cfg.Config.from_json((w / "config.json").read_text()).train.dtype == "float64"
+    # the training state (params and optimizer moments) is double precision; the inference
+    # bundle is float32 by design, like every shipped program
+    cps = ckpt.TrainCheckpoints(w)
+    try:
+        _, state, meta = cps.restore(None)
+    finally:
+        cps.close()
+    assert meta["config"]["train"]["dtype"] == "float64"
+    floats = {a.dtype for a in jax.tree.leaves(state) if np.issubdtype(a.dtype, np.floating)}
+    assert floats == {np.dtype(np.float64)}
+    with np.load(w / "best" / "params.npz") as params:
+        assert {params[k].dtype for k in params.files} == {np.dtype(np.float32)}
+    [epoch] = _metrics(w)
+    assert np.isfinite(epoch["train_loss"])
+    assert json.loads((w / "final_metrics.json").read_text())["test"]["n"] >= 1
+
+
+def test_take_lock_takes_over_a_stale_lock_only(tmp_path, caplog):
+    from e3elastic import rundir
+
+    caplog.set_level("INFO")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    w = tmp_path / "run"
-    w.mkdir()
-    (w / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
-    config = _config(epochs=1)
-    prep = train.prepare_data(config, dataset=small_dataset)
-    msgs: list[str] = []
-    holders: list[int] = []
-
-    def log(msg):
-        msgs.append(msg)
-        if msg.startswith("epoch 0:"):
-            holders.append(json.loads((w / ".lock").read_text())["pid"])
-
-    with messages_to(log):
-        train.train_and_evaluate(config, w, prepared=prep, resume=True, progress=False)
-    assert any("stale lock" in m and str(gone.pid) in m for m in msgs), msgs
-    assert holders == [os.getpid()]
-    assert not (w / ".lock").exists()
+    host = socket.gethostname()
+    lock = tmp_path / ".lock"
+    # a lock whose process is gone is taken over, with a note naming it
+    lock.write_text(json.dumps({"pid": gone.pid, "host": host}))
+    assert rundir.take_lock(tmp_path) == lock
+    assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": host}
+    assert f"stale lock {lock} (process {gone.pid} on {host} is gone)" in caplog.text
+    # so is an empty or garbled one
+    for garbled in ("", "{not json", json.dumps({"pid": "x"})):
+        lock.write_text(garbled)
+        rundir.take_lock(tmp_path)
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    # a live process's lock, or one from another host (its process cannot be checked), is not
+    for holder in ({"pid": os.getpid(), "host": host}, {"pid": gone.pid, "host": "elsewhere"}):
+        lock.write_text(json.dumps(holder))
+        with pytest.raises(train.TrainingError, match=f"in use by process {holder['pid']} on"):
+            rundir.take_lock(tmp_path)
+        assert json.loads(lock.read_text()) == holder  # left to its owner
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,11 +703,12 @@ def test_init_from_starts_at_the_bundle_and_checks_its_architecture(small_datase
     assert kept.keys() == start.keys()
     assert all(np.array_equal(kept[k], start[k]) for k in start)
 
-    # without init_from the same run starts from other (random) parameters
-    fresh = config.override(["train.learning_rate=0", "train.seed=5"])
-    train.train_and_evaluate(fresh, tmp_path / "fresh", prepared=prep, progress=False)
-    other = _params_npz(tmp_path / "fresh" / "best")
-    assert not all(np.array_equal(other[k], start[k]) for k in start)
+    # ... which are not those a run without init_from starts from (its seed's random ones)
+    first = G.pad_batch(prep.graphs["train"][:1], prep.buckets[0])
+    fresh = train.init_params(config, batch_inputs(first, np.float32), config.train.seed)
+    fresh = {k: np.asarray(v) for k, v in ckpt.flatten_params(fresh).items()}
+    assert fresh.keys() == start.keys()
+    assert not all(np.array_equal(fresh[k], start[k]) for k in start)
 
     # on other data (another split, so other statistics) the bundle's normalisation is kept
     other_data = train.prepare_data(config, dataset=_other_dataset(tmp_path))
