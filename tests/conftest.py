@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    """Data folder: $E3ELASTIC_DATA, else ../shared/data beside the repository."""
+    """Data folder, absolute: $E3ELASTIC_DATA, else ../shared/data beside the repository
+    (never relative to the working directory, so tests run the same from any folder)."""
     env = os.environ.get("E3ELASTIC_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    return (Path(env) if env else REPO.parent / "shared" / "data").resolve()
 
 
 def require_data(name: str | None = None) -> Path:
@@ -64,6 +65,13 @@ def real_voigt_tensors() -> dict[str, np.ndarray]:
     if not out:
         pytest.skip(f"real-data test: no known data files in {d}")
     return out
+
+
+@pytest.fixture(scope="session")
+def data_folder() -> Path:
+    """The real-data folder, resolved once (absolute); the test is skipped when it is absent.
+    Pass it to the loaders explicitly: their own default is relative to the working folder."""
+    return require_data()
 
 
 @pytest.fixture
@@ -114,3 +122,26 @@ def random_model_stats(model_config) -> dict[str, np.ndarray]:
     if model_config.head == "log":  # log-stiffness in units of log_reference (100 GPa)
         return {"shift": np.r_[[0.5, 1.0], np.zeros(19)], "scale": np.full(21, 0.3)}
     return {"shift": np.r_[[300.0, 60.0], np.zeros(19)], "scale": np.full(21, 40.0)}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A loaded ``tiny`` model with random weights (seed 0): predictions are arbitrary but
+    deterministic. Shared by the reliability and fuzz tests, so its programs compile once."""
+    pytest.importorskip("jax")
+    from e3elastic import checkpoint as ckpt
+    from e3elastic import config as cfg
+    from e3elastic import inference
+
+    config = cfg.tiny()
+    rng = np.random.default_rng(0)
+    params = ckpt.unflatten_params(
+        {
+            k: rng.normal(size=v).astype(np.float32) * 0.5
+            for k, v in ckpt.expected_param_shapes(config).items()
+        }
+    )
+    stats = random_model_stats(config.model)
+    path = tmp_path_factory.mktemp("tiny-model") / "bundle"
+    ckpt.export_bundle(path, config, params, stats, {"note": "random weights"})
+    return inference.load_model(path)

@@ -22,11 +22,13 @@ What is checked:
    files are named by ``load_bundle``;
 3. NaN guard: a crystal whose target overflows float32 stops training with ``TrainingError``
    naming it, and leaves the last checkpoint and the best bundle intact;
-4. hostile input (hypothesis): structure files of random bytes, truncated or absurd CIFs,
-   random or truncated data JSON, and structures with random, near-singular or huge cells,
-   overlapping, far-away or isolated atoms end in a clean error or a finite result, each call
-   within ``CALL_LIMIT_S`` seconds;
-5. determinism: two runs with one seed write identical ``metrics.jsonl``;
+4. hostile input: structures with overlapping, far-away or isolated atoms, near-singular or
+   thin cells, NaN coordinates, partial occupancies; damaged structure and data files: each
+   ends in a clean, named error or a finite result within ``CALL_LIMIT_S`` seconds. The
+   random inputs of the same kind (hypothesis) are in ``test_fuzz.py``, which alone needs
+   hypothesis;
+5. determinism: the kill-and-resume test compares a run in a subprocess with the one in this
+   process bit for bit, so one seed gives one result;
 6. safety: a pickled payload in ``params.npz`` (or a pickle file in its place, or in an orbax
    checkpoint) is refused without being executed; weights that do not fit the config, or
    whose headers claim huge shapes, are refused before any data is read.
@@ -57,11 +59,7 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-pytest.importorskip("hypothesis")
 
-from conftest import random_model_stats  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 from test_train import ROCKSALT, _cubic_voigt  # noqa: E402
 
 from e3elastic import checkpoint as ckpt  # noqa: E402
@@ -317,30 +315,15 @@ def reference(env, prep):
     w = _reference(env, prep, EPOCHS)
     assert len((w / "metrics.jsonl").read_text().splitlines()) == EPOCHS
     assert _finished_steps(w) == [EPOCHS - 3, EPOCHS - 2, EPOCHS - 1]  # max_to_keep=3
+    losses = [json.loads(x)["train_loss"] for x in (w / "metrics.jsonl").read_text().splitlines()]
+    assert len(set(losses)) == EPOCHS  # the numbers really move: equal runs are no accident
     return w
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny model with random weights: predictions are arbitrary but deterministic."""
-    config = cfg.tiny()
-    rng = np.random.default_rng(0)
-    params = ckpt.unflatten_params(
-        {
-            k: rng.normal(size=v).astype(np.float32) * 0.5
-            for k, v in ckpt.expected_param_shapes(config).items()
-        }
-    )
-    stats = random_model_stats(config.model)
-    path = tmp_path_factory.mktemp("model") / "bundle"
-    ckpt.export_bundle(path, config, params, stats, {"note": "random weights"})
-    return inference.load_model(path)
-
-
-@pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    """A folder for hypothesis examples (function-scoped tmp_path does not mix with @given)."""
-    return tmp_path_factory.mktemp("fuzz")
+    """A folder for the hostile-input files."""
+    return tmp_path_factory.mktemp("hostile")
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,8 +438,14 @@ def _kill_and_resume(
     raise AssertionError(f"did not complete: {events}")
 
 
+#: Seed of the moment of the kill (fixed, so a failure can be rerun as it happened); set
+#: E3ELASTIC_KILL_SEED to try other moments.
+KILL_SEED = int(os.environ.get("E3ELASTIC_KILL_SEED", "20261206"))
+
+
 def test_kill_once_and_resume_gives_the_uninterrupted_result(env, prep, reference, tmp_path):
-    seed = time.time_ns() % 2**32
+    seed = KILL_SEED
+    print(f"kill seed {seed} (E3ELASTIC_KILL_SEED)")
     w = tmp_path / "killed"
     events = _kill_and_resume(env, w, EPOCHS, ["random"], seed, max_delay=0.5)
     assert [e[0] for e in events] == ["random", None], (seed, events)  # one kill, one resume
@@ -466,7 +455,8 @@ def test_kill_once_and_resume_gives_the_uninterrupted_result(env, prep, referenc
 
 @pytest.mark.slow
 def test_repeated_kills_and_resumes_give_the_uninterrupted_result(env, prep, tmp_path):
-    seed = time.time_ns() % 2**32
+    seed = KILL_SEED
+    print(f"kill seed {seed} (E3ELASTIC_KILL_SEED)")
     ref = _reference(env, prep, EPOCHS_SLOW)
     w = tmp_path / "killed"
     modes = ["random", "ckpt-write", "random", "bundle-export", "random", "ckpt-write"]
@@ -675,8 +665,6 @@ def test_non_finite_loss_names_the_crystal_and_keeps_the_last_checkpoint(
 # pymatgen and numpy warn about the NaN and overflowing coordinates these tests feed them
 _fuzz_warnings = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-SUFFIXES = [".cif", ".vasp", ".json", ".xyz", ".xsf", ".cssr", "POSCAR", ".txt"]
-
 
 def _check_read_structure(path: Path) -> None:
     from pymatgen.core import Structure
@@ -690,36 +678,8 @@ def _check_read_structure(path: Path) -> None:
     assert isinstance(s, Structure)
 
 
-@_fuzz_warnings
-@given(st.binary(max_size=3000), st.sampled_from(SUFFIXES))
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-def test_read_structure_random_bytes(scratch, raw, suffix):
-    f = scratch / f"random{suffix}"
-    f.write_bytes(raw)
-    _check_read_structure(f)
-
-
 def _nacl_cif() -> str:
     return _rocksalt("Na", "Cl", 5.64).to(fmt="cif")
-
-
-NUMBERS = ["nan", "inf", "-inf", "1e300", "-1e308", "1e8", "0", "1e-300", "-3", "?", "."]
-
-
-def _mutated_cif(cif: str, cut: int | None, token: int, value: str) -> str:
-    words = cif.split(" ")
-    numeric = [i for i, w in enumerate(words) if w.strip().replace(".", "", 1).isdigit()]
-    if numeric:
-        i = numeric[token % len(numeric)]
-        words[i] = value + ("\n" if words[i].endswith("\n") else "")
-    text = " ".join(words)
-    return text if cut is None else text[: cut % (len(text) + 1)]
 
 
 def _check_structure_result(r: dict) -> None:
@@ -741,78 +701,6 @@ def _check_predict(model, items) -> list[dict]:
     for r in results:
         _check_structure_result(r)
     return results
-
-
-def _fuzz_cif(scratch, model, cut, token, value):
-    f = scratch / "mutated.cif"
-    f.write_text(_mutated_cif(_nacl_cif(), cut, token, value))
-    _check_read_structure(f)
-    _check_predict(model, [f])
-
-
-@_fuzz_warnings
-@given(
-    st.one_of(st.none(), st.integers(0, 5000)),
-    st.integers(0, 200),
-    st.one_of(st.sampled_from(NUMBERS), st.floats().map(repr)),
-)
-@settings(max_examples=15, deadline=None, derandomize=True, database=None)
-def test_truncated_and_absurd_cifs(scratch, tiny_model, cut, token, value):
-    _fuzz_cif(scratch, tiny_model, cut, token, value)
-
-
-SPECIAL = [0.0, 1e-9, 1e-6, 1e8, -1e8, math.nan, math.inf, 1e300]
-
-
-@st.composite
-def structures(draw):
-    """1-4 atoms in a random, near-singular or absurdly sized cell, with atoms anywhere
-    (possibly overlapping), and now and then one NaN, inf or huge number put in."""
-    from pymatgen.core import Lattice, Structure
-
-    kind = draw(st.sampled_from(["random", "near-singular", "scaled-cubic", "special"]))
-    if kind == "near-singular":
-        a, b = np.array(draw(st.lists(st.floats(-6, 6), min_size=6, max_size=6))).reshape(2, 3)
-        eps = draw(st.sampled_from([0.0, 1e-12, 1e-6, 1e-3]))
-        lat = np.array([a, b, a + b + eps * np.array([1.0, -2.0, 0.5])])
-    elif kind == "scaled-cubic":
-        lat = np.eye(3) * draw(st.sampled_from([1e-3, 0.5, 2.0, 4.0, 100.0, 1e8]))
-    else:  # a sheared box with sides of 2-8 Angstrom
-        sides = draw(st.lists(st.floats(2, 8), min_size=3, max_size=3))
-        shear = draw(st.lists(st.floats(-2, 2), min_size=9, max_size=9))
-        lat = np.diag(sides) + np.array(shear).reshape(3, 3)
-    n = draw(st.integers(1, 4))
-    species = draw(st.lists(st.sampled_from(["Na", "Cl", "Si", "O", "H"]), min_size=n, max_size=n))
-    frac = np.array(draw(st.lists(st.floats(-3, 3), min_size=3 * n, max_size=3 * n)))
-    frac = frac.reshape(n, 3)
-    if n > 1 and draw(st.booleans()):
-        frac[1] = frac[0] + draw(st.sampled_from([0.0, 1e-6, 1e-3, 0.2]))  # overlapping atoms
-    if kind == "special":
-        value = draw(st.sampled_from(SPECIAL))
-        where = draw(st.integers(0, 9 + 3 * n - 1))
-        if where < 9:
-            lat.flat[where] = value
-        else:
-            frac.flat[where - 9] = value
-    try:
-        with np.errstate(all="ignore"):
-            return Structure(Lattice(lat), species, frac)
-    except Exception:  # pymatgen refuses it before predict sees it
-        return None
-
-
-@_fuzz_warnings
-@given(structures())
-@settings(
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-def test_predict_on_random_structures(tiny_model, s):
-    if s is not None:
-        _check_predict(tiny_model, [s])
 
 
 @_fuzz_warnings
@@ -918,59 +806,6 @@ def _check_read_file(path: Path) -> None:
         assert d.kind in data.REASONS, d
 
 
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=30,
-)
-_user_entries = st.lists(
-    st.fixed_dictionaries(
-        {"voigt_GPa": _json_values},
-        optional={
-            k: _json_values for k in ("id", "structure", "cif", "theory", "source", "precision_GPa")
-        },
-    ),
-    min_size=1,
-    max_size=4,
-)
-
-
-@_fuzz_warnings
-@given(
-    st.sampled_from(["random", "truncated", "gzip-damaged", "entries"]),
-    st.binary(max_size=2000),
-    st.integers(0, 10**6),
-    _user_entries,
-)
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-def test_read_file_fuzz(scratch, env, kind, raw, pos, entries):
-    _fuzz_read_file(scratch, env, kind, raw, pos, entries)
-
-
-def _fuzz_read_file(scratch, env, kind, raw, pos, entries):
-    good = env.data.read_bytes()
-    if kind == "random":
-        body, name = raw, "random.json"
-    elif kind == "truncated":
-        body, name = good[: pos % len(good)], "truncated.json"
-    elif kind == "gzip-damaged":
-        z = bytearray(gzip.compress(good))
-        i = 10 + pos % (len(z) - 10)
-        z[i] ^= 1 + pos % 255
-        body, name = bytes(z[: len(z) - (pos % 3) * (pos % 50)]), "damaged.json.gz"
-    else:
-        body, name = json.dumps(entries).encode(), "entries.json"
-    f = scratch / name
-    f.write_bytes(body)
-    _check_read_file(f)
-
-
 def test_read_file_named_failures(scratch, env):
     good = env.data.read_bytes()
     z = bytearray(gzip.compress(good))
@@ -994,66 +829,6 @@ def test_read_file_named_failures(scratch, env):
         f.write_text(json.dumps([{**entry, key: value}]))
         res = data.read_file(f)
         assert not res.records and res.dropped[0].kind == "malformed entry", res.dropped
-
-
-@pytest.mark.slow
-@_fuzz_warnings
-@given(st.binary(max_size=20000), st.sampled_from(SUFFIXES))
-@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
-def test_read_structure_random_bytes_slow(scratch, raw, suffix):
-    f = scratch / f"random{suffix}"
-    f.write_bytes(raw)
-    _check_read_structure(f)
-
-
-@pytest.mark.slow
-@_fuzz_warnings
-@given(
-    st.one_of(st.none(), st.integers(0, 5000)),
-    st.integers(0, 200),
-    st.one_of(st.sampled_from(NUMBERS), st.floats().map(repr), st.text(max_size=6)),
-)
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-def test_truncated_and_absurd_cifs_slow(scratch, tiny_model, cut, token, value):
-    _fuzz_cif(scratch, tiny_model, cut, token, value)
-
-
-@pytest.mark.slow
-@_fuzz_warnings
-@given(st.lists(structures(), min_size=1, max_size=3))
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-def test_predict_on_random_structures_slow(tiny_model, items):
-    items = [s for s in items if s is not None]
-    if items:
-        _check_predict(tiny_model, items)
-
-
-@pytest.mark.slow
-@_fuzz_warnings
-@given(
-    st.sampled_from(["random", "truncated", "gzip-damaged", "entries"]),
-    st.binary(max_size=20000),
-    st.integers(0, 10**6),
-    _user_entries,
-)
-@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
-def test_read_file_fuzz_slow(scratch, env, kind, raw, pos, entries):
-    _fuzz_read_file(scratch, env, kind, raw, pos, entries)
-
-
-# --------------------------------------------------------------------------------------------
-# 5. Determinism
-# --------------------------------------------------------------------------------------------
-
-
-def test_same_seed_same_metrics(env, reference, tmp_path):
-    prep2 = train.prepare_data(_config(env), log=_quiet)  # data pipeline run again too
-    w = tmp_path / "again"
-    train.train_and_evaluate(_config(env), w, prepared=prep2, log=_quiet)
-    lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == list(range(EPOCHS))
-    assert len({x["train_loss"] for x in lines}) == EPOCHS  # the numbers really move
-    _assert_same_run(w, reference)
 
 
 # --------------------------------------------------------------------------------------------
