@@ -31,10 +31,13 @@ MATMINER = "matminer_elastic_tensor_2015.json.gz"
 ZEOLITES = "coudert_zeolites_sio2_b3lyp_d2_combined.json.gz"
 TOL = 1e-9  # Angstrom: distances this close to the cutoff count as ties
 
-# One matminer 2015 entry per crystal system present in that file (checked by space group):
-# tetragonal, trigonal, cubic, orthorhombic, hexagonal, monoclinic.
+# Real structures are pinned to two named files (published sets that do not change when other
+# files join the data folder), and read from them alone.
+# One entry of MATMINER per crystal system, one each of: tetragonal, trigonal, cubic,
+# orthorhombic, hexagonal, monoclinic (test_real_ids_cover_the_crystal_systems checks this).
 REAL_IDS = ("mp-10003", "mp-10010", "mp-10015", "mp-10021", "mp-10125", "mp-10390")
-# A triclinic SiO2 zeolite (36 sites), from the Coudert set.
+REAL_SYSTEMS = ("tetragonal", "trigonal", "cubic", "orthorhombic", "hexagonal", "monoclinic")
+# An orthorhombic SiO2 zeolite of ZEOLITES (36 sites).
 ZEOLITE_ID = "BIK"
 
 
@@ -142,6 +145,21 @@ def real_structure_dict(key: str) -> dict:
 def real_arrays(key: str):
     lattice, frac, symbols = _arrays_from_dict(real_structure_dict(key))
     return frac @ lattice, lattice, np.array([_z(s) for s in symbols])
+
+
+def test_real_ids_cover_the_crystal_systems():
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    def system(key):
+        return SpacegroupAnalyzer(
+            Structure.from_dict(real_structure_dict(key))
+        ).get_crystal_system()
+
+    assert tuple(system(k) for k in REAL_IDS) == REAL_SYSTEMS
+    zeolite = Structure.from_dict(real_structure_dict(ZEOLITE_ID))
+    assert SpacegroupAnalyzer(zeolite).get_crystal_system() == "orthorhombic"
+    assert len(zeolite) == 36
 
 
 @pytest.fixture(scope="session")

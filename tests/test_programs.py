@@ -60,7 +60,9 @@ def test_shipped_program_computes_what_the_traced_network_does(default_model):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_first_run_on_a_new_machine_neither_traces_nor_imports_the_network(tmp_path):
+def test_a_first_run_on_a_new_machine_neither_traces_nor_imports_the_network(
+    default_model, tmp_path
+):
     code = (
         "import sys, json; from e3elastic import inference; "
         "p = inference.predict('examples/silicon.cif', 'default'); "
@@ -73,4 +75,10 @@ def test_a_first_run_on_a_new_machine_neither_traces_nor_imports_the_network(tmp
     assert out.returncode == 0, out.stderr[-2000:]
     k, flax_imported, e3nn_imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert not flax_imported and not e3nn_imported
-    assert 40 < k < 130  # silicon, measured 98 GPa
+    # The shipped program computes what the traced network does here, to float32 rounding
+    # (outputs agree to 1e-5, see above; K is a smooth function of them).
+    here = inference.predict(str(ROOT / "examples" / "silicon.cif"), default_model)
+    assert k == pytest.approx(here["K_VRH_GPa"], rel=1e-5)
+    # Silicon is a training crystal (mp-149; PBE K_VRH 83.0 GPa in matminer 2015): the model
+    # fits it within 10 %; 15 % leaves room for a retrained model, not for a broken one.
+    assert abs(k - 83.0) < 0.15 * 83.0, k
