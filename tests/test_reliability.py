@@ -644,6 +644,7 @@ def test_non_finite_loss_names_the_crystal_and_keeps_the_last_checkpoint(
     with pytest.raises(train.TrainingError, match="non-finite loss at epoch 2") as err:
         train.train_and_evaluate(config, w, prepared=poisoned, resume=True, log=msgs.append)
     assert victim in str(err.value)
+    assert "--resume" in str(err.value) and "intact" in str(err.value), str(err.value)
     others = [r.id for r in prep.records["train"] if r.id != victim]
     assert not any(i in str(err.value) for i in others), str(err.value)
 

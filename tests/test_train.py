@@ -84,16 +84,6 @@ def small_dataset(tmp_path_factory):
     return data.load_dataset(f, subset="all", cache_dir=tmp / "cache")
 
 
-@pytest.fixture(scope="module")
-def val_dataset(tmp_path_factory):
-    """Like ``small_dataset``, with ids that put 2 crystals in the validation split."""
-    tmp = tmp_path_factory.mktemp("val")
-    f = _user_file(tmp / "rocksalt.json", prefix="rs:")
-    ds = data.load_dataset(f, subset="all", cache_dir=tmp / "cache")
-    assert [len(ds.split[p]) for p in ("train", "val", "test")] == [13, 2, 1]
-    return ds
-
-
 class Stop(Exception):
     pass
 
@@ -427,7 +417,15 @@ def test_a_live_lock_refuses_a_second_trainer(small_dataset, tmp_path, capsys):
     assert not (w / "config.json").exists()
 
 
-def test_train_float64_on_the_command_line(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def x64_restored():
+    """Puts JAX's float64 switch back as it was (a float64 run turns it on for the process)."""
+    before = jax.config.read("jax_enable_x64")
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+def test_train_float64_on_the_command_line(tmp_path, monkeypatch, capsys, x64_restored):
     monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path / "cache"))
     f = _user_file(tmp_path / "rocksalt.json")
     w = tmp_path / "run"
@@ -451,6 +449,24 @@ def test_train_float64_on_the_command_line(tmp_path, monkeypatch, capsys):
     [epoch] = _metrics(w)
     assert np.isfinite(epoch["train_loss"])
     assert json.loads((w / "final_metrics.json").read_text())["test"]["n"] >= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in e3elastic/train.py: _set_precision turns jax_enable_x64 on for the whole "
+    "process and nothing turns it off, so every later float32 run or prediction in the process "
+    "runs with float64 enabled (other compiled programs: the training tests that followed the "
+    "float64 test ran 2 to 4 times slower until the test put the switch back)",
+)
+def test_a_float64_run_leaves_the_process_in_its_precision(tmp_path, x64_restored):
+    assert not jax.config.read("jax_enable_x64")
+    w = tmp_path / "run"
+    w.mkdir()
+    (w / "config.json").write_text(_config(epochs=2).to_json())
+    float64 = _config(epochs=1).override(['train.dtype="float64"'])
+    with pytest.raises(train.TrainingError, match="other settings"):  # refused before training
+        train.train_and_evaluate(float64, w, resume=True, progress=False)
+    assert not jax.config.read("jax_enable_x64")
 
 
 def test_take_lock_takes_over_a_stale_lock_only(tmp_path, caplog):
@@ -620,52 +636,6 @@ def test_scan_loop_brings_results_back_once_per_bucket(sizes_dataset, tmp_path, 
     assert per_epoch[:2] == [(n_buckets, n_buckets), (2 * n_buckets, 2 * n_buckets)]
     assert sum(calls) == 2 * n_steps
     assert all(len(f) == 2 for f in fetches)
-
-
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-def test_scan_loop_non_finite_loss_names_the_crystal_and_saves_nothing(
-    sizes_dataset, tmp_path, monkeypatch
-):
-    import dataclasses
-
-    from e3elastic import model as model_mod
-
-    config = _loop_config("scan", epochs=3, patience=100)
-    prep = train.prepare_data(config, dataset=sizes_dataset)
-    w = tmp_path / "run"
-    with pytest.raises(Stop), messages_to(_stop_after(0)):
-        train.train_and_evaluate(config, w, prepared=prep, progress=False)
-    cps = ckpt.TrainCheckpoints(w)
-    try:
-        assert cps.steps() == [0]
-    finally:
-        cps.close()
-    best_before = {f.name: f.read_bytes() for f in (w / "best").iterdir()}
-    metrics_before = (w / "metrics.jsonl").read_text()
-
-    # one training crystal's normalised target overflows float32; statistics stay clean
-    k = 3
-    victim = prep.records["train"][k].id
-    clean = prep.irreps["train"]
-    poisoned = {part: a.copy() for part, a in prep.irreps.items()}
-    poisoned["train"][k, 0] = 1e300
-    real_stats = model_mod.irrep_stats
-    monkeypatch.setattr(model_mod, "irrep_stats", lambda irreps: real_stats(clean))
-    bad_prep = dataclasses.replace(prep, irreps=poisoned)
-    with pytest.raises(train.TrainingError, match="non-finite loss at epoch 1") as err:
-        train.train_and_evaluate(config, w, prepared=bad_prep, resume=True, progress=False)
-    msg = str(err.value)
-    assert victim in msg and "--resume" in msg and "intact" in msg, msg
-    others = [r.id for r in prep.records["train"] if r.id != victim]
-    assert not any(i in msg for i in others), msg
-
-    cps = ckpt.TrainCheckpoints(w)
-    try:
-        assert cps.steps() == [0] and cps.verify(0)
-    finally:
-        cps.close()
-    assert {f.name: f.read_bytes() for f in (w / "best").iterdir()} == best_before
-    assert (w / "metrics.jsonl").read_text() == metrics_before
 
 
 def test_evaluation_and_inference_do_not_import_the_optimizer():
