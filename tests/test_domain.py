@@ -2,7 +2,7 @@
 
 Out-of-domain inputs built here must raise exactly the documented codes that their geometry
 calls for (worked out by hand below); the example CIFs and every crystal of the held-out test
-split (real crystals) must raise none, as the README says.
+split (real crystals) must raise none, as the manual says (docs/json-schema.md).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_examples_get_no_warning(model):
 
 
 def test_no_test_split_crystal_gets_a_warning(model, data_folder):
-    # what the README says: every crystal of the shipped model's test split is predicted
+    # what the manual says (docs/json-schema.md): every crystal of the test split is predicted
     # without a warning
     from e3elastic import data
 
