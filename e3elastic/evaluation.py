@@ -263,6 +263,10 @@ def evaluate(
         except PredictError as e:
             raise EvaluationError(str(e)) from None
     records, note = load_records(model, data, split)
+    moduli_records = [r for r in records if not r.has_tensor]
+    records = [r for r in records if r.has_tensor]
+    if not records:
+        raise EvaluationError(f"{note}: no crystal with a full tensor to evaluate on")
     ev = predict_records(model, records, batch_size)
     m = metrics.tensor_metrics(
         ev.mean,
@@ -289,7 +293,37 @@ def evaluate(
     if model.n_members > 1:
         out["coverage"] = coverage(ev, scale)
         out["sigma_scale"] = scale
+    if moduli_records:
+        out["moduli_only"] = _moduli_evaluation(model, moduli_records, batch_size)
     return out
+
+
+def _moduli_evaluation(model: Model, records, batch_size: int) -> dict[str, Any]:
+    """Predicted K_VRH, G_VRH against records that have only those: ``{"metrics",
+    "skipped", "crystals"}``."""
+    ev = predict_records(model, records, batch_size)
+    kg = np.array([r.kg for r in ev.records]).reshape(-1, 2)
+    pred = ev.mean
+    k_pred = tensors.bulk_modulus(pred)["hill"]
+    g_pred = tensors.shear_modulus(pred)["hill"]
+    rows = [
+        {
+            "id": r.id,
+            "formula": r.formula,
+            "source": r.source,
+            "crystal_system": r.crystal_system,
+            "K_VRH_true_GPa": float(kg[i, 0]),
+            "K_VRH_pred_GPa": _scalar(k_pred[i]),
+            "G_VRH_true_GPa": float(kg[i, 1]),
+            "G_VRH_pred_GPa": _scalar(g_pred[i]),
+        }
+        for i, r in enumerate(ev.records)
+    ]
+    return {
+        "metrics": metrics.moduli_metrics(pred, kg),
+        "skipped": ev.skipped,
+        "crystals": rows,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,19 +343,29 @@ def predict_irreps(
 
 
 def evaluate_part(pred_irreps, records, config: Config, groups=("theory", "source")) -> dict:
-    """Metrics of head outputs ``(n, 21)`` against records' tensors."""
+    """Metrics of head outputs ``(n, 21)`` against records' labels: the tensor metrics of
+    :func:`e3elastic.metrics.tensor_metrics` over the records with a full tensor, and, when
+    there are records with K/G only, ``moduli_only``: :func:`e3elastic.metrics.moduli_metrics`
+    over those."""
     from .interface import voigt_from_outputs
 
     if len(records) == 0:
         return {"n": 0}
-    pred = voigt_from_outputs(pred_irreps, config.model)
-    true = np.stack([r.voigt for r in records])
-    return metrics.tensor_metrics(
-        pred,
-        true,
-        [r.crystal_system or "unknown" for r in records],
-        {g: [getattr(r, g) for r in records] for g in groups},
-    )
+    pred = voigt_from_outputs(np.asarray(pred_irreps), config.model)
+    full = np.array([r.has_tensor for r in records], bool)
+    tensor_records = [r for r in records if r.has_tensor]
+    out: dict[str, Any] = {"n": 0}
+    if tensor_records:
+        out = metrics.tensor_metrics(
+            pred[full],
+            np.stack([r.voigt for r in tensor_records]),
+            [r.crystal_system or "unknown" for r in tensor_records],
+            {g: [getattr(r, g) for r in tensor_records] for g in groups},
+        )
+    if not full.all():
+        kg = np.array([r.kg for r in records if not r.has_tensor])
+        out["moduli_only"] = metrics.moduli_metrics(pred[~full], kg)
+    return out
 
 
 def evaluate_model(
@@ -367,15 +411,16 @@ def final_evaluation(workdir: str | os.PathLike, prep: Prepared) -> dict[str, An
 def baselines(prep: Prepared) -> dict[str, Any]:
     """Test metrics of two trivial predictors: the training-mean tensor, overall and per
     crystal system (falling back to the overall mean for a system unseen in training)."""
-    train = np.stack([r.voigt for r in prep.records["train"]])
+    train_records = [r for r in prep.records["train"] if r.has_tensor]
+    train = np.stack([r.voigt for r in train_records])
     mean = train.mean(axis=0)
     by_system: dict[str, list] = {}
-    for r in prep.records["train"]:
+    for r in train_records:
         by_system.setdefault(r.crystal_system, []).append(r.voigt)
     system_mean = {k: np.mean(v, axis=0) for k, v in by_system.items()}
     out = {}
     for part in ("val", "test"):
-        recs = prep.records[part]
+        recs = [r for r in prep.records[part] if r.has_tensor]
         if not recs:
             continue
         true = np.stack([r.voigt for r in recs])

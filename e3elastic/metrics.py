@@ -13,6 +13,8 @@ For each crystal, with C and C_pred as 3x3x3x3 Cartesian tensors:
   the log, since a poor prediction can have a non-positive Hill average).
 
 :func:`tensor_metrics` also reports them per crystal system and, optionally, per any other label.
+:func:`moduli_metrics` scores predicted tensors against K_VRH and G_VRH alone (crystals whose
+reference has no tensor): the moduli MAE in GPa and in log10, and the median relative errors.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from . import tensors
 
-__all__ = ["per_crystal_errors", "tensor_metrics"]
+__all__ = ["moduli_metrics", "per_crystal_errors", "tensor_metrics"]
 
 _LOG_FLOOR = 1e-3
 
@@ -105,4 +107,27 @@ def tensor_metrics(
             str(v): _summarise({k: a[lab == v] for k, a in e.items()})
             for v in sorted(set(lab.tolist()))
         }
+    return out
+
+
+def moduli_metrics(pred_voigt: np.ndarray, true_kg: np.ndarray) -> dict[str, Any]:
+    """Predicted tensors ``(n, 6, 6)`` against reference ``(n, 2)`` ``(K_VRH, G_VRH)`` (GPa):
+    ``n``, ``mae_K_VRH_GPa``, ``mae_G_VRH_GPa``, ``mae_log10_K_VRH``, ``mae_log10_G_VRH``,
+    ``median_rel_K_VRH``, ``median_rel_G_VRH`` (|pred - ref| / ref) and ``positive_definite``."""
+    p = np.asarray(pred_voigt, np.float64)
+    t = np.asarray(true_kg, np.float64)
+    if p.ndim != 3 or p.shape[-2:] != (6, 6) or t.shape != (len(p), 2):
+        raise ValueError(f"need (n, 6, 6) predictions and (n, 2) moduli, got {p.shape}, {t.shape}")
+    if len(p) == 0:
+        return {"n": 0}
+    out: dict[str, Any] = {"n": len(p)}
+    for j, q in enumerate(("K", "G")):
+        pred, true = _hill(p, q), t[:, j]
+        out[f"mae_{q}_VRH_GPa"] = float(np.abs(pred - true).mean())
+        out[f"mae_log10_{q}_VRH"] = float(
+            np.abs(np.log10(np.maximum(pred, _LOG_FLOOR)) - np.log10(true)).mean()
+        )
+        out[f"median_rel_{q}_VRH"] = float(np.median(np.abs(pred - true) / true))
+    mandel = tensors.voigt_to_mandel(p)
+    out["positive_definite"] = float(np.mean(np.linalg.eigvalsh(mandel).min(axis=-1) > 0))
     return out

@@ -3,8 +3,10 @@
 :func:`prepare_data` loads the dataset of ``config.data`` (:func:`e3elastic.data.load_for_config`),
 keeps the crystals the model's head can learn, builds their graphs (cached on disk, see
 :func:`graphs_for_records`), turns each tensor into the irreps the head learns
-(:func:`e3elastic.interface.targets_from_voigt`) and chooses padded batch shapes from the training
-graphs' sizes. It needs neither JAX nor the optimizer, so evaluation can share it.
+(:func:`e3elastic.interface.targets_from_voigt`), keeps every crystal's ln K_VRH and ln G_VRH
+(the only label of a K/G-only crystal, which enters training when ``train.moduli_weight`` > 0)
+and chooses padded batch shapes from the training graphs' sizes. It needs neither JAX nor the
+optimizer, so evaluation can share it.
 
 Messages (a crystal left out, and why) go to ``logging.getLogger("e3elastic.prepare")``.
 """
@@ -32,6 +34,7 @@ __all__ = [
     "Prepared",
     "TrainingError",
     "graphs_for_records",
+    "learns_moduli",
     "prepare_data",
     "theory_indices",
     "training_set_counts",
@@ -55,6 +58,17 @@ class Prepared:
     buckets: tuple
     dropped: list[tuple[str, str]]
     theory: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # part -> (n,) int
+    # part -> (n, 2) ln K_VRH, ln G_VRH (GPa): the label of a K/G-only crystal, else from C
+    log_kg: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # part -> (n,) bool: the crystal has a full tensor (its ``irreps`` row is a target);
+    # absent parts count as all True
+    has_tensor: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def tensor_mask(self, part: str) -> np.ndarray:
+        """``(n,)`` bool: which crystals of ``part`` have a full tensor."""
+        if part in self.has_tensor:
+            return np.asarray(self.has_tensor[part], bool)
+        return np.ones(len(self.records[part]), bool)
 
 
 @contextlib.contextmanager
@@ -96,12 +110,13 @@ def theory_indices(records, config: Config) -> np.ndarray:
 
 
 def _head_ready(records, config: Config) -> tuple[list, list[tuple[str, str]]]:
-    """Records the head can learn: the log head needs a positive-definite C."""
+    """Records the head can learn: the log head needs a positive-definite C (K/G-only records
+    always pass)."""
     if config.model.head != "log":
         return list(records), []
     good, bad = [], []
     for r in records:
-        if np.linalg.eigvalsh(tensors.voigt_to_mandel(r.voigt)).min() > 0:
+        if not r.has_tensor or np.linalg.eigvalsh(tensors.voigt_to_mandel(r.voigt)).min() > 0:
             good.append(r)
         else:
             bad.append((r.id, "not positive-definite; the log head cannot learn it"))
@@ -187,23 +202,34 @@ def _prepare(config: Config, dataset) -> Prepared:
     dc, mc = config.data, config.model
     if dataset is None:
         dataset = data_mod.load_for_config(config)
-    graphs, records, irreps, theory, dropped = {}, {}, {}, {}, []
+    graphs, records, irreps, theory, log_kg, has_tensor, dropped = {}, {}, {}, {}, {}, {}, []
     for part in ("train", "val", "test"):
-        recs, bad = _head_ready(dataset.part(part), config)
+        recs = dataset.part(part)
+        if part == "train" and not learns_moduli(config):
+            recs = [r for r in recs if r.has_tensor]  # nothing to learn from K/G alone
+        recs, bad = _head_ready(recs, config)
         dropped += bad
         good, gs, bad = graphs_for_records(recs, mc.cutoff, graph_cache_dir())
         dropped += bad
         graphs[part], records[part] = gs, good
-        irreps[part] = (
-            targets_from_voigt(np.stack([r.voigt for r in good]), mc)
-            if good
-            else np.zeros((0, N_IRREPS))
-        )
+        has_tensor[part] = np.array([r.has_tensor for r in good], bool)
+        irreps[part] = np.zeros((len(good), N_IRREPS))
+        if has_tensor[part].any():
+            irreps[part][has_tensor[part]] = targets_from_voigt(
+                np.stack([r.voigt for r in good if r.has_tensor]), mc
+            )
+        log_kg[part] = np.log(np.array([r.kg for r in good], np.float64).reshape(-1, 2))
         theory[part] = theory_indices(good, config)
-    if not graphs["train"]:
+    if not has_tensor["train"].any():
         raise TrainingError(_empty_split_message(dataset, dropped, config))
     buckets = graph_mod.make_buckets(graphs["train"], dc.batch_size, dc.n_buckets, seed=dc.seed)
-    return Prepared(dataset, graphs, records, irreps, buckets, dropped, theory)
+    return Prepared(dataset, graphs, records, irreps, buckets, dropped, theory, log_kg, has_tensor)
+
+
+def learns_moduli(config: Config) -> bool:
+    """Whether a run of ``config`` trains on K/G-only crystals (``train.moduli_weight`` > 0);
+    otherwise they stay out of its training part (they are still scored in val and test)."""
+    return config.train.moduli_weight > 0
 
 
 def training_set_counts(records) -> dict[str, Any]:

@@ -8,7 +8,10 @@
 * :func:`per_graph_loss`: the mean squared error over the 21 normalised irreps coefficients
   of each crystal (for the log head, the log-Euclidean distance: a relative error), plus, with
   ``train.frobenius_weight``, the squared relative Frobenius error of C itself
-  (:func:`frobenius_term`);
+  (:func:`frobenius_term`), and with ``train.moduli_weight`` the squared log error of the
+  predicted K_VRH and G_VRH (:func:`moduli_term`), the only loss of a crystal whose label is
+  K/G alone. Target rows are the 21 normalised irreps, or (:func:`training_targets`) those
+  followed by ``ln K_VRH, ln G_VRH, has_tensor``;
 * :func:`make_steps` (one jitted step per batch, and the prediction step), :func:`make_scan`
   (a bucket's steps in one ``jax.lax.scan``), both built on :func:`train_step_function`;
 * :class:`TrainState`: params, optimizer state, the last finished epoch and the best
@@ -29,6 +32,7 @@ from flax import struct
 from . import tensors
 from .config import Config
 from .prepare import TrainingError
+from .tensors import N_IRREPS
 
 __all__ = [
     "TrainState",
@@ -37,6 +41,11 @@ __all__ = [
     "create_optimizer",
     "frobenius_term",
     "init_params",
+    "loss_terms",
+    "moduli_term",
+    "N_TARGET",
+    "training_targets",
+    "vrh_log_moduli_jax",
     "make_predict_step",
     "make_scan",
     "make_steps",
@@ -44,6 +53,32 @@ __all__ = [
     "train_step_function",
     "volume_augmentation",
 ]
+
+
+#: Width of a wide target row: the 21 normalised irreps, ln K_VRH, ln G_VRH (GPa) and 1 for a
+#: crystal with a full tensor (0: K/G only, its irreps are zeros and carry no loss).
+N_TARGET = N_IRREPS + 3
+
+
+def training_targets(
+    irreps: np.ndarray, stats: dict[str, np.ndarray], log_kg=None, has_tensor=None
+) -> np.ndarray:
+    """Target rows of a training run: ``(n, 21)`` normalised irreps, or, given ``log_kg``
+    ``(n, 2)`` and ``has_tensor`` ``(n,)``, ``(n, N_TARGET)`` wide rows (see
+    :data:`N_TARGET`); rows without a tensor get zero irreps."""
+    norm = (np.asarray(irreps, np.float64) - stats["shift"]) / stats["scale"]
+    if log_kg is None:
+        return norm
+    has = np.asarray(has_tensor, bool)
+    norm = np.where(has[:, None], norm, 0.0)
+    return np.concatenate([norm, np.asarray(log_kg, np.float64), has[:, None]], axis=1)
+
+
+def _split_targets(targets):
+    """``(irreps (G, 21), log_kg (G, 2) or None, has_tensor (G,) or 1.0)`` of target rows."""
+    if targets.shape[-1] == N_IRREPS:
+        return targets, None, 1.0
+    return targets[..., :N_IRREPS], targets[..., N_IRREPS : N_IRREPS + 2], targets[..., -1]
 
 
 def create_model(config: Config):
@@ -116,13 +151,18 @@ def volume_augmentation(config: Config, stats: dict[str, np.ndarray]):
             lattice=inputs["lattice"] * s[:, None, None],
         )
         log_factor = (-3.0 * exponent) * jnp.log(s)  # ln(C'/C), (G,)
+        irreps, rest = targets[..., :N_IRREPS], targets[..., N_IRREPS:]
         if head == "log":
-            targets = targets + log_factor[:, None] * jnp.asarray(unit, dtype)[None, :]
+            irreps = irreps + log_factor[:, None] * jnp.asarray(unit, dtype)[None, :]
         else:
             f = jnp.exp(log_factor)[:, None]
             sh, sc = jnp.asarray(shift, dtype), jnp.asarray(scale, dtype)
-            targets = (f * (sh + sc * targets) - sh) / sc
-        return inputs, targets
+            irreps = (f * (sh + sc * irreps) - sh) / sc
+        if rest.shape[-1] == 0:
+            return inputs, irreps
+        # K and G scale as C does: ln K' = ln K + ln(C'/C); the tensor flag stays
+        shift_kg = jnp.concatenate([jnp.stack([log_factor, log_factor], -1), 0 * rest[:, 2:]], -1)
+        return inputs, jnp.concatenate([irreps, rest + shift_kg], axis=-1)
 
     return augment
 
@@ -148,24 +188,107 @@ def frobenius_term(config: Config, stats: dict[str, np.ndarray]):
     scale = np.asarray(stats["scale"], np.float64)
 
     def term(y, targets):
+        targets, _, has = _split_targets(targets)
         sh, sc = jnp.asarray(shift, y.dtype), jnp.asarray(scale, y.dtype)
         pred = mandel_from_outputs_jax(sh + sc * y, config.model)  # (G, 6, 6)
         true = jax.lax.stop_gradient(mandel_from_outputs_jax(sh + sc * targets, config.model))
         num = jnp.sum((pred - true) ** 2, axis=(-2, -1))
         den = jnp.maximum(jnp.sum(true**2, axis=(-2, -1)), 1e-12)
-        return weight * num / den
+        return has * weight * num / den
 
     return term
 
 
+def vrh_log_moduli_jax(irreps, model_config) -> jax.Array:
+    """``(G, 2)`` ln K_VRH and ln G_VRH (GPa) of the tensors whose head irreps (in GPa or log
+    units, not normalised) are ``irreps`` ``(G, 21)``, differentiable in JAX.
+
+    Voigt bounds come from C, Reuss bounds from the compliance S = C^-1, and each Hill value
+    is their mean. For the log head C = r expm(L) and S = expm(-L) / r exactly
+    (``jax.scipy.linalg.expm``, finite gradients at degenerate eigenvalues), so nothing is
+    inverted; the linear head inverts C.
+    """
+    import dataclasses
+
+    from .model import mandel_from_outputs_jax
+
+    w = jnp.asarray(tensors.MANDEL_WEIGHTS, irreps.dtype)
+    ww = w[:, None] * w[None, :]
+    m = mandel_from_outputs_jax(irreps, dataclasses.replace(model_config, head="linear"))
+    if model_config.head == "log":
+        ref = model_config.log_reference
+        c_mandel = ref * jax.vmap(jax.scipy.linalg.expm)(m)
+        s_mandel = jax.vmap(jax.scipy.linalg.expm)(-m) / ref
+    else:
+        c_mandel, s_mandel = m, jnp.linalg.inv(m)
+    c, s = c_mandel / ww, s_mandel * ww  # Voigt stiffness and Voigt compliance (factors 2, 4)
+
+    def sums(a):
+        d = jnp.diagonal(a, axis1=-2, axis2=-1)
+        off = a[..., 0, 1] + a[..., 0, 2] + a[..., 1, 2]
+        return d[..., :3].sum(-1), off, d[..., 3:].sum(-1)
+
+    normal, off, shear = sums(c)
+    s_normal, s_off, s_shear = sums(s)
+    kv = (normal + 2.0 * off) / 9.0
+    gv = (normal - off + 3.0 * shear) / 15.0
+    kr = 1.0 / (s_normal + 2.0 * s_off)
+    gr = 15.0 / (4.0 * s_normal - 4.0 * s_off + 3.0 * s_shear)
+    tiny = jnp.asarray(1e-6, irreps.dtype)  # a linear head can predict a non-positive modulus
+    k = jnp.maximum(0.5 * (kv + kr), tiny)
+    g = jnp.maximum(0.5 * (gv + gr), tiny)
+    return jnp.log(jnp.stack([k, g], axis=-1))
+
+
+def moduli_term(config: Config, stats: dict[str, np.ndarray]):
+    """``term(y, targets) -> (G,)`` or None: the squared log error of the predicted K_VRH and
+    G_VRH, ``(ln K_pred - ln K)^2 + (ln G_pred - ln G)^2`` (:func:`vrh_log_moduli_jax`), times
+    ``train.moduli_weight`` for a crystal with K/G only and ``train.moduli_weight_tensor`` for
+    one with a full tensor. Needs wide targets (:func:`training_targets`); None when both
+    weights are 0."""
+    w_kg, w_tensor = float(config.train.moduli_weight), float(config.train.moduli_weight_tensor)
+    if w_kg == 0 and w_tensor == 0:
+        return None
+    shift = np.asarray(stats["shift"], np.float64)
+    scale = np.asarray(stats["scale"], np.float64)
+
+    def term(y, targets):
+        _, log_kg, has = _split_targets(targets)
+        if log_kg is None:
+            raise TrainingError("the moduli loss needs wide targets (see training_targets)")
+        sh, sc = jnp.asarray(shift, y.dtype), jnp.asarray(scale, y.dtype)
+        pred = vrh_log_moduli_jax(sh + sc * y, config.model)  # (G, 2)
+        weight = w_tensor * has + w_kg * (1.0 - has)
+        return weight * jnp.sum((pred - log_kg) ** 2, axis=-1)
+
+    return term
+
+
+def loss_terms(config: Config, stats: dict[str, np.ndarray]):
+    """``extra(y, targets) -> (G,)`` of :func:`per_graph_loss`: the sum of
+    :func:`frobenius_term` and :func:`moduli_term` where they are on, or None."""
+    terms = [t for t in (frobenius_term(config, stats), moduli_term(config, stats)) if t]
+    if not terms:
+        return None
+    if len(terms) == 1:
+        return terms[0]
+
+    def extra(y, targets):
+        return sum(t(y, targets) for t in terms)
+
+    return extra
+
+
 def per_graph_loss(net, params, inputs, targets, key=None, augment=None, extra=None):
     """``(loss (G,), mask (G,))``: each graph slot's mean squared error over the normalised
-    irreps (after ``augment`` with ``key``, when given), plus ``extra(y, targets)`` (see
-    :func:`frobenius_term`) when given, and 1 for real graphs, 0 for padding."""
+    irreps (after ``augment`` with ``key``, when given; zero for a K/G-only row of wide
+    targets), plus ``extra(y, targets)`` (see :func:`loss_terms`) when given, and 1 for real
+    graphs, 0 for padding."""
     if augment is not None:
         inputs, targets = augment(key, inputs, targets)
     y = net.apply(params, inputs)  # (G, 21) normalised
-    loss = jnp.mean((y - targets) ** 2, axis=-1)
+    irreps, _, has = _split_targets(targets)
+    loss = has * jnp.mean((y - irreps) ** 2, axis=-1)
     if extra is not None:
         loss = loss + extra(y, targets)
     return loss, inputs["graph_mask"].astype(y.dtype)

@@ -79,6 +79,7 @@ from .prepare import (
     Prepared,
     TrainingError,
     graphs_for_records,
+    learns_moduli,
     messages_to,
     prepare_data,
     theory_indices,
@@ -97,11 +98,12 @@ from .steps import (
     cast_params,
     create_model,
     create_optimizer,
-    frobenius_term,
     init_params,
+    loss_terms,
     make_predict_step,
     make_scan,
     make_steps,
+    training_targets,
     volume_augmentation,
 )
 
@@ -261,15 +263,21 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
     prep = prepared if prepared is not None else prepare_data(config)
     sizes = ", ".join(f"{p} {len(prep.graphs[p])}" for p in ("train", "val", "test"))
     logger.info(f"data: {sizes} crystals; buckets {list(map(tuple, prep.buckets))}")
-    stats = irrep_stats(prep.irreps["train"])
+    stats = irrep_stats(np.asarray(prep.irreps["train"])[prep.tensor_mask("train")])
     start = _start_bundle(config, tc.init_from) if tc.init_from else None
     if start is not None:
         stats = start[1]  # the bundle's output units, so the run starts from its predictions
     dp = DataParallel(tc.data_parallel)
-    graphs, irreps, theory = _oversampled(prep, tc)
+    wide = learns_moduli(config) or tc.moduli_weight_tensor > 0
+    if wide:  # ln K, ln G and the tensor flag follow the irreps
+        mask = prep.tensor_mask("train")
+        targets = training_targets(prep.irreps["train"], stats, prep.log_kg["train"], mask)
+    else:
+        targets = training_targets(prep.irreps["train"], stats)
+    graphs, targets, theory = _oversampled(prep, tc, targets)
     plan = plan_steps(
         graphs,
-        (irreps - stats["shift"]) / stats["scale"],
+        targets,
         batch_size=config.data.batch_size,
         buckets=prep.buckets,
         n_sub=dp.n_sub,
@@ -284,7 +292,7 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
         params = _start_params(tc.init_from, params, start[0])
     tx, schedule = create_optimizer(config, sum(len(bs.steps) for bs in plan))
     augment = volume_augmentation(config, stats)
-    extra = frobenius_term(config, stats)
+    extra = loss_terms(config, stats)
     if tc.loop == "scan":
         train_step = make_scan(
             net, tx, dp.n_sub, augment=augment, seed=tc.seed, mesh=dp.mesh, extra=extra
@@ -309,10 +317,12 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[_Run, TrainState]:
     return run, TrainState.create(params, tx)
 
 
-def _oversampled(prep, tc) -> tuple[list, np.ndarray, np.ndarray]:
-    """Training graphs, irreps and theory indices, with every crystal of
-    ``tc.oversample_theory`` repeated ``tc.oversample`` times."""
-    graphs, irreps = prep.graphs["train"], np.asarray(prep.irreps["train"])
+def _oversampled(prep, tc, targets=None) -> tuple[list, np.ndarray, np.ndarray]:
+    """Training graphs, target rows (``targets``, one per training crystal; default the
+    irreps of ``prep``) and theory indices, with every crystal of ``tc.oversample_theory``
+    repeated ``tc.oversample`` times."""
+    graphs = prep.graphs["train"]
+    irreps = np.asarray(prep.irreps["train"] if targets is None else targets)
     theory = np.asarray(prep.theory["train"])
     if tc.oversample <= 1:
         return graphs, irreps, theory

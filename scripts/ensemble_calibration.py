@@ -41,6 +41,7 @@ def main() -> int:
     parts = {}
     for split in ("val", "test"):
         records, note = evaluation.load_records(model, args.data, split)
+        records = [r for r in records if r.has_tensor]  # coverage of tensor components
         parts[split] = evaluation.predict_records(model, records)
         print(f"{split}: {len(parts[split].records)} crystals ({note})", file=sys.stderr)
     scale = evaluation.fit_sigma_scale(parts["val"])

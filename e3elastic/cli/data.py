@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import HOLDOUTS, PRESETS, SUBSETS, config_from_args
+from .options import PRESETS, SUBSETS, config_from_args, holdout_choice
 
 #: Options of ``data summary`` and the settings they set.
 _SUMMARY_OPTIONS = {
@@ -94,9 +94,11 @@ def _add_summary_parser(dsub) -> None:
     ds.add_argument("--seed", type=int, default=None, help="seed of the train/val/test split")
     ds.add_argument(
         "--holdout",
-        choices=HOLDOUTS,
+        type=holdout_choice,
         default=None,
-        help="split by id, or keep each reduced formula in one part",
+        metavar="{id,composition,formula:FORMULA}",
+        help="split by id; keep each reduced formula in one part; or put every crystal of "
+        "one formula (e.g. formula:SiO2) in test",
     )
     ds.add_argument(
         "--save-split", metavar="FILE", default=None, help="also write the split ids as JSON"

@@ -86,6 +86,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             write_output(args.out, json.dumps(to_json_ready(report), indent=2))
     if args.json:
         summary = {k: v for k, v in report.items() if k != "crystals"}
+        if "moduli_only" in summary:
+            summary["moduli_only"] = {
+                k: v for k, v in summary["moduli_only"].items() if k != "crystals"
+            }
         print(json.dumps(to_json_ready(summary), indent=2))
         return 0
     print(
@@ -95,6 +99,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _print_metrics_table(res["metrics"], res["mae_definition"])
     if "coverage" in res:
         _print_coverage(res)
+    if "moduli_only" in res:
+        mm = res["moduli_only"]["metrics"]
+        print(
+            f"K/G-only crystals (n={mm['n']}): MAE K_VRH {mm['mae_K_VRH_GPa']:.2f} GPa, "
+            f"G_VRH {mm['mae_G_VRH_GPa']:.2f} GPa; MAE log10 K {mm['mae_log10_K_VRH']:.4f}, "
+            f"log10 G {mm['mae_log10_G_VRH']:.4f}"
+        )
     if res["skipped"]:
         print(f"skipped {len(res['skipped'])} crystal(s) whose graph failed", file=sys.stderr)
     if args.out:

@@ -18,6 +18,20 @@ PRESETS = ("default", "tiny", "large")
 #: option is added). tests/test_cli.py checks that they agree.
 SUBSETS = ("all", "pbe", "sio2")
 HOLDOUTS = ("id", "composition")
+
+
+def holdout_choice(text: str) -> str:
+    """argparse type of ``--holdout``: one of :data:`HOLDOUTS` or ``formula:<formula>``."""
+    import argparse
+
+    kind, sep, formula = text.partition(":")
+    if text in HOLDOUTS or (kind == "formula" and sep and formula.strip()):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: choose {', '.join(HOLDOUTS)} or formula:<formula> (e.g. formula:SiO2)"
+    )
+
+
 #: Choices of ``--split``: a part of the split, or all of the data.
 SPLIT_CHOICES = ("train", "val", "test", "all")
 

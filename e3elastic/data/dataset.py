@@ -37,7 +37,9 @@ __all__ = [
     "SUBSETS",
     "HOLDOUTS",
     "SPLIT_NAMES",
+    "LABELS",
     "Dataset",
+    "held_out_formula",
     "validate",
     "deduplicate",
     "select_subset",
@@ -49,16 +51,30 @@ __all__ = [
 
 #: Subsets understood by :func:`select_subset`.
 SUBSETS = ("all", "pbe", "sio2")
-#: Split keys: hash the record id, or the reduced formula (composition hold-out).
+#: Split keys: hash the record id, or the reduced formula (composition hold-out). A third
+#: kind, ``formula:<reduced formula>`` (e.g. ``formula:SiO2``), puts every record of that
+#: formula in test and splits the rest by id.
 HOLDOUTS = ("id", "composition")
 #: Names of the parts of a split, in order.
 SPLIT_NAMES = ("train", "val", "test")
+#: Kinds of label :meth:`Dataset.part` selects.
+LABELS = ("any", "tensor", "moduli")
 
 # Two sites closer than this (Angstrom) are rejected as overlapping (a physical bound, unlike
 # graph's numerical one for coincident sites).
 _OVERLAP_DISTANCE = 0.5
-# Preference among sources when precision and residual tie (lower wins).
-_SOURCE_RANK = {"matminer2015": 0, "matten": 1, "mp-api": 2, "user": 3, "strainnet": 4}
+# Preference among sources when precision and residual tie (lower wins). Between the two
+# whole-GPa MP releases the older (StrainNet) copy is kept, so that crystals already in a
+# split keep the label earlier results were measured against.
+_SOURCE_RANK = {
+    "matminer2015": 0,
+    "matten": 1,
+    "mp-api": 2,
+    "user": 3,
+    "strainnet": 4,
+    "elatbot": 5,
+    "matcalc2025": 6,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +119,14 @@ def _validate(
         raise _EntryError(f"too many sites: {len(s)} > max_sites={max_sites}")
     if cutoff:
         _check_geometry(s, cutoff)
+    if not rec.has_tensor:  # K and G: no stability or frame to check
+        try:
+            system = point_group(s)[2]
+        except Exception as err:  # spglib failures come in several types
+            raise _EntryError(
+                f"symmetry analysis failed: {short_error(err, 80, with_type=False)}"
+            ) from None
+        return dataclasses.replace(rec, crystal_system=system, frame="none")
     lam = float(tensors.born_stability(rec.voigt)["min_eigenvalue"])
     if lam <= 0 and not keep_unstable:
         raise _EntryError(f"not positive definite: min eigenvalue {lam:.3g} GPa")
@@ -125,6 +149,9 @@ def validate(
 ) -> Record | Dropped:
     """Check one record and bring its structure into its tensor's frame.
 
+    A moduli-only record (K_VRH and G_VRH, no tensor) gets the checks of its structure and
+    spglib's crystal system, and ``frame="none"``.
+
     Frames tried, first pass wins (:func:`~e3elastic.data.frames.align`): as given,
     :func:`~e3elastic.data.frames.conventional_rotation`,
     :func:`~e3elastic.data.frames.ieee_rotation`. Returns the aligned record (``residual``,
@@ -146,7 +173,8 @@ def validate(
 
 def _priority(rec: Record, index: int) -> tuple:
     residual = rec.residual if not math.isnan(rec.residual) else 1.0
-    return (rec.precision_gpa, _SOURCE_RANK.get(rec.source, 3), residual, index)
+    rank = _SOURCE_RANK.get(rec.source, 3)
+    return (not rec.has_tensor, rec.precision_gpa, rank, residual, index)
 
 
 def deduplicate(records: Sequence[Record]) -> tuple[list[Record], list[Dropped]]:
@@ -154,8 +182,9 @@ def deduplicate(records: Sequence[Record]) -> tuple[list[Record], list[Dropped]]
 
     Two records are the same material when they share an id, or when they come from
     different sources, have the same reduced formula and level of theory, and pymatgen's
-    ``StructureMatcher`` (default tolerances) matches their structures. The copy with the
-    finest ``precision_gpa`` wins, then the preferred source, then the lower residual.
+    ``StructureMatcher`` (default tolerances) matches their structures. A full tensor wins
+    over K/G only; then the copy with the finest ``precision_gpa``, then the preferred source
+    (:data:`_SOURCE_RANK`: of two whole-GPa MP releases the older), then the lower residual.
     Records of different levels of theory are never merged.
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -188,6 +217,27 @@ def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
+def held_out_formula(holdout: str) -> str | None:
+    """The reduced formula of a ``formula:<formula>`` hold-out (``formula:O2Si`` ->
+    ``SiO2``), None for ``id`` and ``composition``; ``ValueError`` for anything else."""
+    if holdout in HOLDOUTS:
+        return None
+    kind, sep, formula = str(holdout).partition(":")
+    if kind == "formula" and sep and formula.strip():
+        from pymatgen.core import Composition
+
+        try:
+            comp = Composition(formula.strip())
+        except Exception:  # pymatgen raises several kinds for a bad formula
+            comp = None
+        if comp is None or not comp.valid:  # invalid: an unknown element symbol
+            raise ValueError(f"holdout {holdout!r}: {formula!r} is not a formula")
+        return comp.reduced_formula
+    raise ValueError(
+        f"unknown holdout {holdout!r}; choose one of {', '.join(HOLDOUTS)} or formula:<formula>"
+    )
+
+
 def select_subset(records: Iterable[Record], subset: str = "all") -> list[Record]:
     """``all``; ``pbe`` (theory PBE); ``sio2`` (reduced formula SiO2, any theory)."""
     _check_choice("subset", subset, SUBSETS)
@@ -214,16 +264,22 @@ def assign_split(
 
     Each record goes to a part by ``sha256(seed, key)`` mapped to [0, 1), where the key is
     the id (``holdout="id"``) or the reduced formula (``holdout="composition"``: one
-    composition is never in two parts). A record's part does not depend on the other records.
+    composition is never in two parts, whatever the source or kind of label). With
+    ``holdout="formula:SiO2"`` every record of that reduced formula goes to test and the
+    others are split by id. A record's part does not depend on the other records.
     """
-    _check_choice("holdout", holdout, HOLDOUTS)
+    held = held_out_formula(holdout)
     f = np.asarray(fractions, dtype=float)
     if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
         raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
     edges = np.cumsum(f)[:2]
     split: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
     for r in records:
-        u = _unit_hash(seed, r.id if holdout == "id" else r.formula)
+        if held is not None:
+            if r.formula == held:
+                split["test"].append(r.id)
+                continue
+        u = _unit_hash(seed, r.formula if holdout == "composition" else r.id)
         split[SPLIT_NAMES[int(np.searchsorted(edges, u, side="right"))]].append(r.id)
     return split
 
@@ -268,10 +324,19 @@ class Dataset:
     def by_id(self) -> dict[str, Record]:
         return {r.id: r for r in self.records}
 
-    def part(self, name: str) -> list[Record]:
-        """Records of one part of the split, in split order."""
+    def part(self, name: str, label: str = "any") -> list[Record]:
+        """Records of one part of the split, in split order: every record (``label="any"``),
+        those with a full tensor (``"tensor"``) or those with K/G only (``"moduli"``)."""
+        _check_choice("label", label, LABELS)
         index = self.by_id()
-        return [index[i] for i in self.split[name] if i in index]
+        out = [index[i] for i in self.split[name] if i in index]
+        if label == "any":
+            return out
+        return [r for r in out if r.has_tensor == (label == "tensor")]
+
+    def tensors(self) -> list[Record]:
+        """The records that carry a full tensor."""
+        return [r for r in self.records if r.has_tensor]
 
     def save_split(self, path: str | os.PathLike) -> Path:
         """Write the split (ids per part, with the options that made it) as JSON."""
@@ -411,7 +476,7 @@ def load_dataset(
     that cannot be read is reported in ``report["files"]`` and the others still load.
     """
     _check_choice("subset", subset, SUBSETS)
-    _check_choice("holdout", holdout, HOLDOUTS)
+    held_out_formula(holdout)  # ValueError for an unknown hold-out
     root, files = _data_files(data)
     proc_opts = {  # validate()'s keywords; they key the cache
         "tolerance": float(tolerance),

@@ -2,8 +2,11 @@
 
 Formats (see ``shared/data/SOURCES.md``): matminer ``elastic_tensor_2015`` (pandas ``split``
 orient), StrainNet ``mp_*_clean.json`` (columns keyed by material id, P1 CIF strings, values
-rounded to whole GPa), MatTen (``columns`` orient or a list of rows), the Coudert SiO2 zeolites
-and the user format (see :mod:`e3elastic.data`). :func:`mp_doc_to_record` reads one Materials
+rounded to whole GPa), MatTen (``columns`` orient or a list of rows), the Coudert SiO2 zeolites,
+the newer MP tensors of ElaTBot (list of dicts with ``material_id`` and
+``elastic_tensor_voigt_GPa``, whole GPa), matcalc's MP K/G of binaries (list of dicts with
+``material_id``, ``K_VRH_GPa`` and ``G_VRH_GPa``: no tensor) and the user format (see
+:mod:`e3elastic.data`). :func:`mp_doc_to_record` reads one Materials
 Project ``ElasticityDoc``.
 """
 
@@ -156,6 +159,39 @@ def _read_zeolites(obj: list, out: _Collector) -> None:
         out.add(name, "zeolites", build)
 
 
+def _read_elatbot(obj: list, out: _Collector) -> None:
+    """Newer MP tensors (ElaTBot's validation split): conventional cells, whole GPa."""
+    for n, e in enumerate(obj):
+        e = e if isinstance(e, dict) else {}
+        mid = str(e.get("material_id") or f"elatbot:{n}")
+
+        def build(e=e, mid=mid):
+            return _make_record(
+                mid, "elatbot", e["structure"], e["elastic_tensor_voigt_GPa"], precision=1.0
+            )
+
+        out.add(mid, "elatbot", build)
+
+
+def _read_matcalc(obj: list, out: _Collector) -> None:
+    """MP K_VRH/G_VRH of binaries (matcalc's 2025 benchmark set): no tensor."""
+    for n, e in enumerate(obj):
+        e = e if isinstance(e, dict) else {}
+        mid = str(e.get("material_id") or f"matcalc:{n}")
+
+        def build(e=e, mid=mid):
+            return _make_record(
+                mid,
+                "matcalc2025",
+                e["structure"],
+                None,
+                precision=0.001,
+                moduli=(e["K_VRH_GPa"], e["G_VRH_GPa"]),
+            )
+
+        out.add(mid, "matcalc2025", build)
+
+
 def _read_user(obj: list, out: _Collector, stem: str) -> None:
     for n, e in enumerate(obj):
         e = e if isinstance(e, dict) else {}
@@ -164,6 +200,16 @@ def _read_user(obj: list, out: _Collector, stem: str) -> None:
 
         def build(e=e, rid=rid, source=source):
             structure = e["structure"] if e.get("structure") is not None else e["cif"]
+            if e.get("voigt_GPa") is None and "K_VRH_GPa" in e:
+                return _make_record(
+                    rid,
+                    source,
+                    structure,
+                    None,
+                    theory=e.get("theory") or "PBE",
+                    precision=float(e.get("precision_GPa") or 0.01),
+                    moduli=(e["K_VRH_GPa"], e.get("G_VRH_GPa")),
+                )
             v = e["voigt_GPa"]
             precision = e.get("precision_GPa")
             if precision is None:
@@ -204,7 +250,11 @@ def _detect_format(obj: Any) -> str:
         first = obj[0]
         if "framework" in first and "elastic_tensor_voigt_GPa" in first:
             return "zeolites"
-        if "voigt_GPa" in first:
+        if "material_id" in first and "elastic_tensor_voigt_GPa" in first:
+            return "elatbot"
+        if "material_id" in first and {"K_VRH_GPa", "G_VRH_GPa"} <= first.keys():
+            return "matcalc"
+        if "voigt_GPa" in first or "K_VRH_GPa" in first:
             return "user"
         if "structure" in first and ({"elastic_tensor_voigt", "elastic_tensor"} & first.keys()):
             return "matten"
@@ -250,12 +300,17 @@ def read_file(path: str | os.PathLike) -> FileResult:
             _read_matten(obj, out)
         elif fmt == "zeolites":
             _read_zeolites(obj, out)
+        elif fmt == "elatbot":
+            _read_elatbot(obj, out)
+        elif fmt == "matcalc":
+            _read_matcalc(obj, out)
         elif fmt == "user":
             _read_user(obj, out, path.name.split(".")[0])
         else:
             raise DataError(
-                f"{path}: unknown data format (expected matminer, StrainNet, MatTen, zeolite "
-                "or the e3elastic user format; see e3elastic.data's docstring)"
+                f"{path}: unknown data format (expected matminer, StrainNet, MatTen, zeolite, "
+                "ElaTBot, matcalc K/G or the e3elastic user format; see e3elastic.data's "
+                "docstring)"
             )
     except DataError:
         raise

@@ -36,6 +36,8 @@ REASONS = (
     "unparseable structure",
     "bad tensor",
     "non-finite tensor",
+    "bad moduli",
+    "non-finite moduli",
     "asymmetric tensor",
     "partial occupancy",
     "too many sites",
@@ -58,17 +60,22 @@ class _EntryError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Record:
-    """One crystal and its elastic tensor.
+    """One crystal and its elastic label: a full tensor, or only its K_VRH and G_VRH.
 
     Attributes:
         id: unique id: the Materials Project id (``mp-123``, ``mvc-4``) where the source has
             one, else ``<source>:<name>`` (``zeolite:MFI``, ``matten:NaCl-1a2b3c4d``).
         source: where it was read from: ``matminer2015``, ``strainnet``, ``matten``,
-            ``zeolites``, ``mp-api`` or the ``source`` of a user file (default ``user``).
+            ``zeolites``, ``elatbot`` (MP tensors of about 2023-24), ``matcalc2025`` (MP
+            K/G of binaries, 2025), ``mp-api`` or the ``source`` of a user file (default
+            ``user``).
         formula: reduced formula of the structure, e.g. ``SiO2``.
         structure: pymatgen ``Structure`` (Angstrom), without site properties. After
             :func:`validate` it sits in the frame of ``voigt``.
-        voigt: ``(6, 6)`` float64 Voigt stiffness (GPa), symmetric, read-only.
+        voigt: ``(6, 6)`` float64 Voigt stiffness (GPa), symmetric, read-only; None for a
+            moduli-only record.
+        moduli: ``(K_VRH, G_VRH)`` in GPa for a record that has no tensor (the
+            polycrystalline Voigt-Reuss-Hill bulk and shear moduli), else None.
         theory: level of theory of the tensor: ``PBE`` or ``B3LYP-D2`` (or a user tag).
         crystal_system: lower case; the source's label when read, spglib's (symprec 0.01)
             after :func:`validate`.
@@ -76,7 +83,8 @@ class Record:
         residual: ``max_R |R.C - C| / |C|`` over the point group, NaN before validation.
         frame: ``"given"`` (consistent as read), ``"conventional"`` or ``"ieee"`` (structure
             rotated into that frame, see :func:`validate`), ``"unverified"`` (the point group
-            has no rotation besides +-1, so the check says nothing) or ``"unchecked"`` (not
+            has no rotation besides +-1, so the check says nothing), ``"none"`` (a
+            moduli-only record: K and G do not depend on the frame) or ``"unchecked"`` (not
             validated yet).
     """
 
@@ -84,14 +92,25 @@ class Record:
     source: str
     formula: str
     structure: Any
-    voigt: np.ndarray
+    voigt: np.ndarray | None
     theory: str = "PBE"
     crystal_system: str = ""
     precision_gpa: float = 0.01
     residual: float = math.nan
     frame: str = "unchecked"
+    moduli: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.voigt is None:
+            if self.moduli is None:
+                raise ValueError(f"{self.id}: a record needs a tensor or (K_VRH, G_VRH)")
+            k, g = (float(x) for x in self.moduli)
+            if not (math.isfinite(k) and math.isfinite(g) and k > 0 and g > 0):
+                raise ValueError(f"{self.id}: K_VRH and G_VRH must be positive, got {k}, {g}")
+            object.__setattr__(self, "moduli", (k, g))
+            return
+        if self.moduli is not None:
+            raise ValueError(f"{self.id}: a record with a tensor takes its moduli from it")
         v = np.array(self.voigt, dtype=np.float64)
         if v.shape != (6, 6):
             raise ValueError(f"{self.id}: voigt must be 6x6, got {v.shape}")
@@ -101,6 +120,22 @@ class Record:
     @property
     def n_sites(self) -> int:
         return len(self.structure)
+
+    @property
+    def has_tensor(self) -> bool:
+        """True when the record carries a full tensor, False for K/G only."""
+        return self.voigt is not None
+
+    @property
+    def kg(self) -> tuple[float, float]:
+        """``(K_VRH, G_VRH)`` in GPa: the label of a moduli-only record, else from the
+        tensor (Voigt bounds from C, Reuss bounds from C^-1, Hill averages)."""
+        if self.voigt is None:
+            return self.moduli  # type: ignore[return-value]
+        return (
+            float(tensors.bulk_modulus(self.voigt)["hill"]),
+            float(tensors.shear_modulus(self.voigt)["hill"]),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Compact JSON-ready dict (lattice rows, species, fractional coordinates)."""
@@ -114,7 +149,8 @@ class Record:
             "precision_gpa": self.precision_gpa,
             "residual": None if math.isnan(self.residual) else self.residual,
             "frame": self.frame,
-            "voigt": self.voigt.tolist(),
+            "voigt": None if self.voigt is None else self.voigt.tolist(),
+            "moduli": None if self.moduli is None else list(self.moduli),
             "lattice": s.lattice.matrix.tolist(),
             "species": [str(site.specie) for site in s],
             "frac": s.frac_coords.tolist(),
@@ -132,7 +168,8 @@ class Record:
             source=d["source"],
             formula=d["formula"],
             structure=structure,
-            voigt=np.array(d["voigt"], dtype=np.float64),
+            voigt=None if d["voigt"] is None else np.array(d["voigt"], dtype=np.float64),
+            moduli=None if d.get("moduli") is None else tuple(d["moduli"]),
             theory=d["theory"],
             crystal_system=d["crystal_system"],
             precision_gpa=float(d["precision_gpa"]),
@@ -142,10 +179,15 @@ class Record:
 
     def to_user_dict(self) -> dict[str, Any]:
         """This record in the user JSON format (see the module docstring)."""
+        label: dict[str, Any]
+        if self.voigt is None:
+            label = {"K_VRH_GPa": self.moduli[0], "G_VRH_GPa": self.moduli[1]}
+        else:
+            label = {"voigt_GPa": self.voigt.tolist()}
         return {
             "id": self.id,
             "structure": self.structure.as_dict(),
-            "voigt_GPa": self.voigt.tolist(),
+            **label,
             "theory": self.theory,
             "source": self.source,
             "precision_GPa": self.precision_gpa,
@@ -217,6 +259,20 @@ def _voigt(obj: Any) -> np.ndarray:
     return 0.5 * (a + a.T)
 
 
+def _moduli(k: Any, g: Any) -> tuple[float, float]:
+    """``(K_VRH, G_VRH)`` in GPa; raises :class:`_EntryError` unless both are positive
+    numbers."""
+    try:
+        kg = (float(k), float(g))
+    except (TypeError, ValueError):
+        raise _EntryError(f"bad moduli: K_VRH {k!r}, G_VRH {g!r} are not numbers") from None
+    if not all(math.isfinite(x) for x in kg):
+        raise _EntryError("non-finite moduli: K_VRH or G_VRH is NaN or infinite")
+    if min(kg) <= 0:
+        raise _EntryError(f"bad moduli: K_VRH {kg[0]:g} and G_VRH {kg[1]:g} GPa must be > 0")
+    return kg
+
+
 def _make_record(
     id: str,
     source: str,
@@ -226,14 +282,28 @@ def _make_record(
     theory: str = "PBE",
     precision: float = 0.01,
     crystal_system: str = "",
+    moduli: tuple[Any, Any] | None = None,
 ) -> Record:
-    """Build a Record; raises :class:`_EntryError` with a reason for a bad entry."""
+    """Build a Record, with a tensor ``voigt`` or (``voigt`` None) the ``moduli``
+    ``(K_VRH, G_VRH)``; raises :class:`_EntryError` with a reason for a bad entry."""
     try:
         s = _plain_structure(structure)
     except Exception as err:  # pymatgen raises many kinds on bad input
         raise _EntryError(
             f"unparseable structure: {short_error(err, 120, with_type=False)}"
         ) from None
+    if voigt is None:
+        return Record(
+            id=str(id),
+            source=source,
+            formula=s.composition.reduced_formula,
+            structure=s,
+            voigt=None,
+            theory=str(theory),
+            crystal_system=str(crystal_system or "").lower(),
+            precision_gpa=float(precision),
+            moduli=_moduli(*(moduli if moduli is not None else (None, None))),
+        )
     v = _voigt(voigt)
     return Record(
         id=str(id),

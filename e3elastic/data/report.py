@@ -22,6 +22,7 @@ def build_report(
     processed ``state``, and per crystal system, theory, frame and split part over the
     ``records`` of the subset. ``cache`` is ``hit``, ``miss`` or ``off``."""
     kept_all = Counter(r.source for r in state["records"])
+    kept_moduli = Counter(r.source for r in state["records"] if not r.has_tensor)
     drops: dict[str, Counter[str]] = defaultdict(Counter)
     for d in state["dropped"]:
         drops[d.source][d.kind] += 1
@@ -30,11 +31,13 @@ def build_report(
         sources[src] = {
             "read": int(state["read"].get(src, 0)),
             "kept": kept_all[src],
+            "kept_moduli_only": kept_moduli[src],
             "dropped": sum(drops[src].values()),
             "dropped_by_reason": dict(sorted(drops[src].items())),
         }
     sio2 = [r for r in records if r.formula == "SiO2"]
-    ids = {r.id for r in records}
+    by_id = {r.id: r for r in records}
+    ids = set(by_id)
     left_out = Counter(r.theory for r in state["records"] if r.id not in ids)
     return {
         "data": options["data"],
@@ -47,6 +50,13 @@ def build_report(
         "subset_removed": {"total": left_out.total(), "by_theory": dict(sorted(left_out.items()))},
         "crystal_systems": dict(sorted(Counter(r.crystal_system for r in records).items())),
         "theory": dict(sorted(Counter(r.theory for r in records).items())),
+        "labels": {
+            "tensor": sum(r.has_tensor for r in records),
+            "moduli_only": sum(not r.has_tensor for r in records),
+        },
+        "split_moduli_only": {
+            n: sum(not by_id[i].has_tensor for i in part if i in by_id) for n, part in split.items()
+        },
         "frame": dict(sorted(Counter(r.frame for r in records).items())),
         "sio2": {"total": len(sio2), "by_theory": dict(Counter(r.theory for r in sio2))},
         "split": {n: len(ids) for n, ids in split.items()},
@@ -61,14 +71,18 @@ def format_report(report: dict[str, Any]) -> str:
         f"options: tolerance {o['tolerance']}, max_sites {o['max_sites']}, keep_unstable "
         f"{o['keep_unstable']}, cutoff {o['cutoff']} Å",
         "",
-        f"{'source':<14}{'read':>7}{'kept':>7}{'dropped':>9}   dropped by reason",
+        f"{'source':<14}{'read':>7}{'kept':>7}{'K/G only':>9}{'dropped':>9}   dropped by reason",
     ]
     tot = Counter()
     for src, c in report["sources"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in c["dropped_by_reason"].items()) or "-"
-        lines.append(f"{src:<14}{c['read']:>7}{c['kept']:>7}{c['dropped']:>9}   {reasons}")
-        tot.update({k: c[k] for k in ("read", "kept", "dropped")})
-    lines.append(f"{'total':<14}{tot['read']:>7}{tot['kept']:>7}{tot['dropped']:>9}")
+        kg = c.get("kept_moduli_only", 0)
+        lines.append(f"{src:<14}{c['read']:>7}{c['kept']:>7}{kg:>9}{c['dropped']:>9}   {reasons}")
+        tot.update({k: c.get(k, 0) for k in ("read", "kept", "kept_moduli_only", "dropped")})
+    lines.append(
+        f"{'total':<14}{tot['read']:>7}{tot['kept']:>7}{tot['kept_moduli_only']:>9}"
+        f"{tot['dropped']:>9}"
+    )
     failed = [f for f in report["files"] if f["error"]]
     for f in failed:
         lines.append(f"FAILED file {f['file']}: {f['error']}")
@@ -82,11 +96,20 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         f"subset {report['subset']!r}: {report['records']} records "
         f"({report['subset_removed']['total']} other valid records left out)",
+        f"  labels: {report['labels']['tensor']} full tensors, "
+        f"{report['labels']['moduli_only']} K/G only",
         f"  crystal systems: {join(report['crystal_systems'])}",
         f"  level of theory: {join(report['theory'])}",
         f"  frame: {join(report['frame'])}",
         f"  SiO2: {sio2['total']} ({join(sio2['by_theory'])})",
         f"  split (by {o['holdout']}, seed {o['seed']}): train {split['train']}, "
-        f"val {split['val']}, test {split['test']}",
+        f"val {split['val']}, test {split['test']}"
+        + (
+            " (K/G only: "
+            + ", ".join(f"{n} {v}" for n, v in report["split_moduli_only"].items())
+            + ")"
+            if report["labels"]["moduli_only"]
+            else ""
+        ),
     ]
     return "\n".join(lines)

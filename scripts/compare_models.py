@@ -1,0 +1,103 @@
+"""Score several models side by side on the same crystals, by kind of label and source.
+
+    python scripts/compare_models.py --split-from checkpoints/run/best \\
+        --model shipped=default --model new=checkpoints/run/best [--data DIR] \\
+        [--reference benchmarks/splits/id_test_2026-11.json] [--part test] [--out FILE.json]
+
+The crystals are the ``--part`` (default test) of the split stored in the bundle
+``--split-from``, read from ``--data`` (default: ``$E3ELASTIC_DATA`` or ``../shared/data``), so
+every model is scored on exactly the same ones, whatever split it was trained with. Rows:
+
+* ``reference``: the crystals listed in ``--reference`` (yesterday's test crystals);
+* ``tensors PBE`` / ``tensors B3LYP-D2``: every crystal of the part with a full tensor;
+* ``K/G only``: the crystals of the part with only K_VRH and G_VRH.
+
+Prints a Markdown table and, with ``--out``, writes every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _rows(model, records, reference: set[str]) -> dict[str, dict]:
+    from e3elastic import metrics
+    from e3elastic.evaluation import predict_records
+
+    ev = predict_records(model, records)
+    pred = ev.mean
+    recs = ev.records
+    out = {}
+    groups = {
+        "reference": [i for i, r in enumerate(recs) if r.id in reference and r.has_tensor],
+        "tensors PBE": [i for i, r in enumerate(recs) if r.has_tensor and r.theory == "PBE"],
+        "tensors B3LYP-D2": [
+            i for i, r in enumerate(recs) if r.has_tensor and r.theory == "B3LYP-D2"
+        ],
+    }
+    for name, idx in groups.items():
+        if idx:
+            m = metrics.tensor_metrics(pred[idx], np.stack([recs[i].voigt for i in idx]))
+            out[name] = {k: v for k, v in m.items() if not k.startswith("by_")}
+    kg = [i for i, r in enumerate(recs) if not r.has_tensor]
+    if kg:
+        out["K/G only"] = metrics.moduli_metrics(pred[kg], np.array([recs[i].kg for i in kg]))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split-from", required=True, help="bundle whose split picks the crystals")
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--part", default="test", choices=("train", "val", "test"))
+    ap.add_argument("--reference", default=None, help="JSON file with a 'test' list of ids")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    from e3elastic import data, inference
+
+    split_model = inference.load_model(args.split_from)
+    ids = set(split_model.info["split"][args.part])
+    dc = split_model.config.data
+    ds = data.load_dataset(
+        args.data,
+        subset="all",
+        tolerance=dc.tolerance,
+        keep_unstable=dc.keep_unstable,
+        max_sites=dc.max_sites,
+        cutoff=split_model.config.model.cutoff,
+    )
+    records = [r for r in ds.records if r.id in ids]
+    reference = set()
+    if args.reference:
+        reference = set(json.loads(Path(args.reference).read_text())["test"])
+    results = {}
+    for spec in args.model:
+        name, _, where = spec.partition("=")
+        results[name] = _rows(inference.load_model(where or name), records, reference)
+    print(f"{args.part} crystals of {args.split_from}: {len(records)}")
+    head = "| model | crystals | n | rel. Frobenius | EwT25 | EwT10 | MAE log10 K / G |"
+    print(head + " MAE K / G (GPa) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        for group, m in rows.items():
+            rel = f"{m['rel_frobenius']:.3f}" if "rel_frobenius" in m else "-"
+            ewt = f"{m['ewt_25']:.3f} | {m['ewt_10']:.3f}" if "ewt_25" in m else "- | -"
+            print(
+                f"| {name} | {group} | {m['n']} | {rel} | {ewt} | "
+                f"{m['mae_log10_K_VRH']:.4f} / {m['mae_log10_G_VRH']:.4f} | "
+                f"{m['mae_K_VRH_GPa']:.1f} / {m['mae_G_VRH_GPa']:.1f} |"
+            )
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
