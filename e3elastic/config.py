@@ -151,7 +151,8 @@ class DataConfig:
     """Which crystals, how they are checked and split, and how they are batched.
 
     ``data`` None means ``$E3ELASTIC_DATA`` or ``../shared/data``. ``subset`` is ``pbe``,
-    ``sio2`` or ``all``. ``holdout`` is ``id`` or ``composition``.
+    ``sio2`` or ``all``. ``holdout`` is ``id``, ``composition`` or ``formula:<formula>``
+    (every crystal of that reduced formula in test, e.g. ``formula:SiO2``).
     """
 
     data: str | None = None
@@ -197,6 +198,12 @@ class TrainConfig:
 
     ``frobenius_weight`` > 0 adds that weight times each crystal's squared relative Frobenius
     error of C (the accuracy metric) to its loss (:func:`e3elastic.steps.frobenius_term`).
+
+    Moduli: ``moduli_weight`` > 0 trains on the crystals that have only K_VRH and G_VRH: each
+    one's loss is that weight times ``(ln K_pred - ln K)^2 + (ln G_pred - ln G)^2``, with the
+    Voigt-Reuss-Hill averages of the predicted C (:func:`e3elastic.steps.moduli_term`). With 0
+    they stay out of training. ``moduli_weight_tensor`` adds the same term, with its own weight,
+    to the crystals that have a full tensor.
     """
 
     seed: int = 0
@@ -221,10 +228,13 @@ class TrainConfig:
     oversample: int = 1
     oversample_theory: str = ""
     frobenius_weight: float = 0.0
+    moduli_weight: float = 0.0
+    moduli_weight_tensor: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.frobenius_weight < 0:
-            raise ValueError(f"train.frobenius_weight must be >= 0, got {self.frobenius_weight}")
+        for name in ("frobenius_weight", "moduli_weight", "moduli_weight_tensor"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.loop not in LOOPS:
             raise ValueError(f"train.loop must be one of {LOOPS}, got {self.loop!r}")
         if self.oversample < 1:
@@ -295,14 +305,17 @@ _PHYSICS = {"head": "log", "element_descriptors": True, "n_theories": len(THEORI
 
 
 #: How the shipped models are trained: +-3 % volume augmentation, the squared relative
-#: Frobenius error of C added to the log-space loss with weight 2, and every B3LYP-D2 (zeolite)
+#: Frobenius error of C added to the log-space loss with weight 2, every B3LYP-D2 (zeolite)
 #: training crystal five times per epoch, so the 82 zeolites weigh on the shared network
-#: next to some 1,700 PBE crystals.
+#: next to some 2,000 PBE tensors, and the crystals with only K_VRH and G_VRH trained on the
+#: squared log error of those (weight 2), which the tensor crystals also add (weight 1).
 _RECIPE = {
     "volume_strain": 0.03,
     "frobenius_weight": 2.0,
     "oversample": 5,
     "oversample_theory": "B3LYP-D2",
+    "moduli_weight": 2.0,
+    "moduli_weight_tensor": 1.0,
 }
 
 

@@ -712,9 +712,7 @@ def test_real_every_kept_residual_is_under_tolerance(real):
     """Recomputed with pymatgen's rotation of the tensor for every record whose structure was
     rotated on load, and for a fixed 1-in-8 sample of the others (all of them take ~60 s)."""
     tensors = real.tensors()
-    sample = [
-        r for k, r in enumerate(tensors) if r.frame in ("conventional", "ieee") or k % 8 == 0
-    ]
+    sample = [r for k, r in enumerate(tensors) if r.frame in ("conventional", "ieee") or k % 8 == 0]
     assert len(sample) > 500
     worst = max((independent_residual(r.structure, r.voigt), r.id) for r in sample)
     assert worst[0] < TOL + 1e-3, worst
