@@ -61,6 +61,33 @@ def _oversampling(train: dict) -> str:
     return "every training crystal once per epoch"
 
 
+def _moduli(train: dict) -> str:
+    w, wt = train.get("moduli_weight", 0.0), train.get("moduli_weight_tensor", 0.0)
+    if not w and not wt:
+        return ""
+    return (
+        f" and the squared log error of the predicted K_VRH and G_VRH, weighted {w} for a "
+        f"crystal with K/G only and {wt} for one with a full tensor"
+    )
+
+
+def _moduli_table(final: dict) -> str:
+    rows = [
+        "| part | n | MAE K_VRH (GPa) | MAE G_VRH (GPa) | MAE log10 K | MAE log10 G |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part in ("train", "val", "test"):
+        m = final.get(part, {}).get("moduli_only")
+        if m and m.get("n"):
+            rows.append(
+                f"| {part} | {m['n']} | {m['mae_K_VRH_GPa']:.1f} | {m['mae_G_VRH_GPa']:.1f} "
+                f"| {m['mae_log10_K_VRH']:.3f} | {m['mae_log10_G_VRH']:.3f} |"
+            )
+    if len(rows) == 2:
+        return ""
+    return "\n\n## Crystals with K and G only (MP 2025 binaries)\n\n" + "\n".join(rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="run folder with best/ and final_metrics.json")
@@ -85,15 +112,17 @@ E(3)-equivariant network (`e3elastic.model.ElasticityNet`, config `{cfg.get("nam
 {cfg["model"]["n_layers"]} interaction blocks, hidden irreps `{cfg["model"]["hidden_irreps"]}`,
 spherical harmonics to l = {cfg["model"]["sh_lmax"]}, cutoff {cfg["model"]["cutoff"]} Å).
 
-- **Training data:** every tensor of `../shared/data` (subset `{cfg["data"]["subset"]}`): the PBE
-  tensors (Materials Project via matminer 2015, StrainNet's MP validation split, the MatTen
-  example) and, with subset `all`, the B3LYP-D2 SiO2 zeolites, frame-aligned, validated and
-  de-duplicated by `e3elastic.data.load_dataset`. Head `{cfg["model"].get("head", "linear")}`,
-  element descriptors {cfg["model"].get("element_descriptors", False)}, levels of theory
+- **Training data:** every label of `../shared/data` (subset `{cfg["data"]["subset"]}`): the PBE
+  tensors (Materials Project via matminer 2015, StrainNet's MP validation split, ElaTBot's newer
+  MP tensors, the MatTen example), the MP 2025 binaries with K_VRH and G_VRH only (when the
+  moduli weight is above 0) and, with subset `all`, the B3LYP-D2 SiO2 zeolites, frame-aligned,
+  validated and de-duplicated by `e3elastic.data.load_dataset`.
+  Head `{cfg["model"].get("head", "linear")}`, element descriptors
+  {cfg["model"].get("element_descriptors", False)}, levels of theory
   {cfg["model"].get("n_theories", 0)}, volume augmentation ±{cfg["train"].get("volume_strain", 0)}.
 - **Loss:** the mean squared error of the normalised head outputs, plus
-  {cfg["train"].get("frobenius_weight", 0.0)} x the squared relative Frobenius error of C;
-  {_oversampling(cfg["train"])}.
+  {cfg["train"].get("frobenius_weight", 0.0)} x the squared relative Frobenius error of
+  C{_moduli(cfg["train"])}; {_oversampling(cfg["train"])}.
 - **Split:** seeded hash of the material id (seed {cfg["data"]["seed"]}): train
   {len(split.get("train", []))}, val {len(split.get("val", []))}, test
   {len(split.get("test", []))} crystals. The ids are in `info.json`.
@@ -110,7 +139,7 @@ under 5, 10 and 25 %.
 
 ## By crystal system (test)
 
-{by_system_table(final["test"])}
+{by_system_table(final["test"])}{_moduli_table(final)}
 """
     (dest / "README.md").write_text(readme)
     print(f"wrote {dest}")
