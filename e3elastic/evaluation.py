@@ -416,7 +416,7 @@ def baselines(prep: Prepared) -> dict[str, Any]:
     mean = train.mean(axis=0)
     by_system: dict[str, list] = {}
     for r in train_records:
-        by_system.setdefault(r.crystal_system, []).append(r.voigt)
+        by_system.setdefault(r.crystal_system or "unknown", []).append(r.voigt)
     system_mean = {k: np.mean(v, axis=0) for k, v in by_system.items()}
     out = {}
     for part in ("val", "test"):

@@ -180,6 +180,7 @@ def train_and_evaluate(
     maybe_initialize_distributed()
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    x64 = jax.config.read("jax_enable_x64")  # a float64 run switches it on for its own time
     with messages_to(log):
         lock = take_lock(workdir) if jax.process_index() == 0 else None
         try:
@@ -187,6 +188,7 @@ def train_and_evaluate(
         finally:
             if lock is not None:
                 lock.unlink(missing_ok=True)
+            jax.config.update("jax_enable_x64", x64)
 
 
 @dataclasses.dataclass

@@ -463,12 +463,6 @@ def test_train_float64_on_the_command_line(tmp_path):
     assert json.loads((w / "final_metrics.json").read_text())["test"]["n"] >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in e3elastic/train.py: _set_precision turns jax_enable_x64 on for the whole "
-    "process and nothing turns it off, so every later float32 training or prediction in the "
-    "same process (a notebook, a test session) runs with float64 enabled",
-)
 def test_a_float64_run_leaves_the_process_in_its_precision(tmp_path, x64_restored):
     assert not jax.config.read("jax_enable_x64")
     w = tmp_path / "run"
