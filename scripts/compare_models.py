@@ -8,7 +8,8 @@ The crystals are the ``--part`` (default test) of the split stored in the bundle
 ``--split-from``, read from ``--data`` (default: ``$E3ELASTIC_DATA`` or ``../shared/data``), so
 every model is scored on exactly the same ones, whatever split it was trained with. Rows:
 
-* ``reference``: the crystals listed in ``--reference`` (yesterday's test crystals);
+* ``reference`` (and ``reference PBE``, its PBE crystals): the crystals listed in
+  ``--reference`` (yesterday's test crystals, or the test split in a bundle's ``info.json``);
 * ``tensors PBE`` / ``tensors B3LYP-D2``: every crystal of the part with a full tensor;
 * ``K/G only``: the crystals of the part with only K_VRH and G_VRH.
 
@@ -35,6 +36,11 @@ def _rows(model, records, reference: set[str]) -> dict[str, dict]:
     out = {}
     groups = {
         "reference": [i for i, r in enumerate(recs) if r.id in reference and r.has_tensor],
+        "reference PBE": [
+            i
+            for i, r in enumerate(recs)
+            if r.id in reference and r.has_tensor and r.theory == "PBE"
+        ],
         "tensors PBE": [i for i, r in enumerate(recs) if r.has_tensor and r.theory == "PBE"],
         "tensors B3LYP-D2": [
             i for i, r in enumerate(recs) if r.has_tensor and r.theory == "B3LYP-D2"
@@ -56,7 +62,11 @@ def main() -> int:
     ap.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
     ap.add_argument("--data", default=None)
     ap.add_argument("--part", default="test", choices=("train", "val", "test"))
-    ap.add_argument("--reference", default=None, help="JSON file with a 'test' list of ids")
+    ap.add_argument(
+        "--reference",
+        default=None,
+        help="JSON file with a 'test' list of ids, or a bundle's info.json (its test split)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -76,7 +86,8 @@ def main() -> int:
     records = [r for r in ds.records if r.id in ids]
     reference = set()
     if args.reference:
-        reference = set(json.loads(Path(args.reference).read_text())["test"])
+        ref = json.loads(Path(args.reference).read_text())
+        reference = set(ref["test"] if "test" in ref else ref["split"]["test"])
     results = {}
     for spec in args.model:
         name, _, where = spec.partition("=")
