@@ -336,11 +336,13 @@ def test_moduli_loss_gradient_is_finite_at_a_cubic_crystal(dtype):
 
 
 @pytest.mark.parametrize("head", ["log", "linear"])
-def test_volume_augmentation_scales_the_moduli_columns(head):
-    # C' = C (V0/V)^K' with V/V0 = s^3, so ln K' = ln K - 3 K' ln s, and ln G the same; the
-    # tensor flag is untouched. The scale s of each crystal is read back from its lattice.
+def test_volume_augmentation_follows_murnaghan(head, rng):
+    # C' = C (V0/V)^K' with V/V0 = s^3 for the tensor, so ln K' = ln K - 3 K' ln s and ln G the
+    # same; the tensor flag is untouched. The scale s of each crystal is read back from its
+    # lattice, and the law is applied here to the Voigt matrices themselves.
     import jax.numpy as jnp
 
+    from e3elastic.interface import targets_from_voigt, voigt_from_outputs
     from e3elastic.steps import volume_augmentation
 
     config = cfg.tiny().override(
@@ -351,26 +353,36 @@ def test_volume_augmentation_scales_the_moduli_columns(head):
             "train.volume_exponent=4.0",
         ]
     )
-    stats = {"shift": np.zeros(21), "scale": np.ones(21)}
-    augment = volume_augmentation(config, stats)
     n = 6
+    voigt = np.stack([_SI * (1 + 0.1 * k) for k in range(n)])
+    irreps = targets_from_voigt(voigt, config.model)
+    stats = {"shift": rng.normal(size=21), "scale": rng.uniform(0.5, 2.0, 21)}
+    augment = volume_augmentation(config, stats)
     lattice = np.broadcast_to(np.eye(3) * 4.0, (n, 3, 3))
-    inputs = {
-        "positions": jnp.zeros((n, 3)),
-        "lattice": jnp.asarray(lattice),
-        "node_graph": jnp.arange(n),
-        "graph_mask": jnp.ones(n, bool),
-    }
     log_kg = np.log(np.array([[100.0, 50.0]] * n))
     has = np.array([1, 0, 1, 0, 1, 0], float)
-    targets = np.concatenate([np.ones((n, 21)), log_kg, has[:, None]], axis=1)
+    norm = (irreps - stats["shift"]) / stats["scale"]
+    targets = np.concatenate([norm, log_kg, has[:, None]], axis=1)
     with jax.enable_x64(True):
+        inputs = {
+            "positions": jnp.zeros((n, 3), jnp.float64),
+            "lattice": jnp.asarray(lattice, jnp.float64),
+            "node_graph": jnp.arange(n),
+            "graph_mask": jnp.ones(n, bool),
+        }
         out_inputs, out = augment(jax.random.PRNGKey(3), inputs, jnp.asarray(targets))
+        out = np.asarray(out)
     s = np.asarray(out_inputs["lattice"])[:, 0, 0] / 4.0
-    assert np.all(np.abs(s - 1) <= 0.1) and np.ptp(s) > 0
-    want = log_kg - 3.0 * 4.0 * np.log(s)[:, None]
-    assert np.allclose(np.asarray(out)[:, 21:23], want, rtol=0, atol=1e-12)
-    assert np.array_equal(np.asarray(out)[:, 23], has)
+    assert np.all(np.abs(s - 1) <= 0.1) and np.ptp(s) > 0.02
+    factor = s ** (-3.0 * 4.0)  # (V0/V)^K'
+    got = voigt_from_outputs(stats["shift"] + stats["scale"] * out[:, :21], config.model)
+    assert np.allclose(got, voigt * factor[:, None, None], rtol=1e-9, atol=1e-9)
+    assert np.allclose(out[:, 21:23], log_kg + np.log(factor)[:, None], rtol=0, atol=1e-12)
+    assert np.array_equal(out[:, 23], has)
+    # 21-wide targets (no moduli columns) get the same tensors
+    with jax.enable_x64(True):
+        narrow = np.asarray(augment(jax.random.PRNGKey(3), inputs, jnp.asarray(norm))[1])
+    assert np.allclose(narrow, out[:, :21], rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
