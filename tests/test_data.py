@@ -799,7 +799,7 @@ def test_real_frames_agree_with_matminer_on_the_overlap(real):
 
     strain = data.read_file(require_data("strainnet_mp_val_clean.json.gz")).records
     index = real.by_id()
-    agree = total = 0
+    total, informative, disagree = 0, 0, set()
     for s in strain:
         m = index.get(s.id)
         if m is None or m.source != "matminer2015" or np.abs(m.voigt - s.voigt).max() > 3:
@@ -816,9 +816,16 @@ def test_real_frames_agree_with_matminer_on_the_overlap(real):
             dirs = np.vstack([conv, conv[0] + conv[1], conv[1] + conv[2], conv[0] + conv[2]])
             dirs /= np.linalg.norm(dirs, axis=1)[:, None]
             e.append(tensors.directional_youngs_modulus(rec.voigt, dirs))
-        agree += bool(np.max(np.abs(e[1] - e[0]) / e[0]) < 0.05)
-    assert total > 80
-    assert agree / total >= 0.9, (agree, total)
+        # only a crystal whose E differs between its conventional axes can reveal a permuted
+        # frame; a cubic one passes whatever the permutation
+        informative += bool(np.ptp(e[0][:3]) / e[0][:3].mean() > 0.05)
+        if np.max(np.abs(e[1] - e[0]) / e[0]) >= 0.05:
+            disagree.add(s.id)
+    assert total > 80 and informative >= 40, (total, informative)
+    # The only disagreements are six materials whose StrainNet structure differs from
+    # matminer's (two cubic ones in their face diagonals, four with inequivalent axes); a frame
+    # choice that permuted the axes of any other of the ~40 informative crystals fails here.
+    assert disagree <= {"mp-122", "mp-31455", "mp-755", "mp-31502", "mp-30488", "mp-1046"}, disagree
 
 
 def test_real_split_and_cli(real, capsys):
