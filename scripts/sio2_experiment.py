@@ -65,21 +65,20 @@ def main() -> int:
     prep = train.prepare_data(config, dataset=ds)
     out = train.train_and_evaluate(config, args.workdir, prepared=prep, resume=args.resume)
     model = inference.load_model(Path(args.workdir) / "best")
-    res = inference.predict([r.structure for r in mp], model=model)
-    ok = [(r, p) for r, p in zip(mp, res, strict=True) if p["error"] is None]
+
+    def predicted(records):
+        """(record, Voigt prediction) of the records predicted without an error."""
+        res = inference.predict([r.structure for r in records], model=model)
+        return [(r, p["voigt_GPa"]) for r, p in zip(records, res, strict=True) if not p["error"]]
+
+    ok, ok_kg = predicted(mp), predicted(mp_kg)
     mp_metrics = (
-        metrics.tensor_metrics(
-            np.stack([p["voigt_GPa"] for _, p in ok]), np.stack([r.voigt for r, _ in ok])
-        )
+        metrics.tensor_metrics(np.stack([v for _, v in ok]), np.stack([r.voigt for r, _ in ok]))
         if ok
         else {"n": 0}
     )
-    res_kg = inference.predict([r.structure for r in mp_kg], model=model)
-    ok_kg = [(r, p) for r, p in zip(mp_kg, res_kg, strict=True) if p["error"] is None]
     kg_metrics = (
-        metrics.moduli_metrics(
-            np.stack([p["voigt_GPa"] for _, p in ok_kg]), np.array([r.kg for r, _ in ok_kg])
-        )
+        metrics.moduli_metrics(np.stack([v for _, v in ok_kg]), np.array([r.kg for r, _ in ok_kg]))
         if ok_kg
         else {"n": 0}
     )
@@ -87,9 +86,9 @@ def main() -> int:
         {
             "id": r.id,
             "C11_C33_C44_dft": [r.voigt[0, 0], r.voigt[2, 2], r.voigt[3, 3]],
-            "C11_C33_C44_pred": [p["voigt_GPa"][0, 0], p["voigt_GPa"][2, 2], p["voigt_GPa"][3, 3]],
+            "C11_C33_C44_pred": [v[0, 0], v[2, 2], v[3, 3]],
         }
-        for r, p in ok
+        for r, v in ok
     ]
     metrics_file = Path(args.workdir) / "metrics.jsonl"
     curves = [json.loads(x) for x in metrics_file.read_text().splitlines()]

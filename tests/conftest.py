@@ -74,6 +74,23 @@ def data_folder() -> Path:
     return require_data()
 
 
+def model_records(model, folder: Path) -> list:
+    """The records of ``folder`` loaded with the data settings a model was trained with (its
+    bundle's ``info.json``): the crystals its split ids refer to."""
+    from e3elastic import data
+
+    dcfg = model.info["data"]
+    return list(
+        data.load_dataset(
+            folder,
+            subset=dcfg["subset"],
+            max_sites=dcfg["max_sites"],
+            tolerance=dcfg["tolerance"],
+            keep_unstable=dcfg["keep_unstable"],
+        ).records
+    )
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261125)

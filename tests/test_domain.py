@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("jax")
 
+from conftest import model_records
 from pymatgen.core import Lattice, Structure
 
 import e3elastic
@@ -130,21 +131,8 @@ WARNED_TEST_CRYSTALS = {
 def test_test_split_warnings_are_the_documented_ones(model, data_folder):
     # what the manual says (docs/json-schema.md): every crystal of the test split but the four
     # listed above is predicted without a warning
-    from e3elastic import data
-
     test_ids = set(model.info["split"]["test"])
-    dcfg = model.info["data"]
-    records = [
-        r
-        for r in data.load_dataset(
-            data_folder,
-            subset=dcfg["subset"],
-            max_sites=dcfg["max_sites"],
-            tolerance=dcfg["tolerance"],
-            keep_unstable=dcfg["keep_unstable"],
-        ).records
-        if r.id in test_ids
-    ]
+    records = [r for r in model_records(model, data_folder) if r.id in test_ids]
     assert {r.id for r in records} == test_ids  # the data still hold every test crystal
     results = e3elastic.predict([r.structure for r in records], model=model)
     warned = {r.id: _codes(p) for r, p in zip(records, results, strict=True) if p["warnings"]}

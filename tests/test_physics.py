@@ -22,6 +22,7 @@ import pytest
 
 pytest.importorskip("jax")
 
+from conftest import model_records
 from pymatgen.core import Lattice, Structure
 
 import e3elastic
@@ -88,17 +89,8 @@ def model():
 def test_unseen_crystals_are_absent_from_the_training_data(model, data_folder):
     # guards the test below: these must be crystals the shipped model never saw (its split
     # ids, looked up in the data; newer data files may well hold these formulas)
-    from e3elastic import data
-
     seen = {i for part in model.info["split"].values() for i in part}
-    dcfg = model.info["data"]
-    records = data.load_dataset(
-        data_folder,
-        subset=dcfg["subset"],
-        max_sites=dcfg["max_sites"],
-        tolerance=dcfg["tolerance"],
-        keep_unstable=dcfg["keep_unstable"],
-    ).records
+    records = model_records(model, data_folder)
     formulas = {r.formula for r in records if r.id in seen}
     assert len({r.id for r in records} & seen) == len(seen)  # every crystal it saw is found
     assert not set(unseen_crystals()) & formulas

@@ -293,27 +293,18 @@ def _make_record(
             f"unparseable structure: {short_error(err, 120, with_type=False)}"
         ) from None
     if voigt is None:
-        return Record(
-            id=str(id),
-            source=source,
-            formula=s.composition.reduced_formula,
-            structure=s,
-            voigt=None,
-            theory=str(theory),
-            crystal_system=str(crystal_system or "").lower(),
-            precision_gpa=float(precision),
-            moduli=_moduli(*(moduli if moduli is not None else (None, None))),
-        )
-    v = _voigt(voigt)
+        label = {"voigt": None, "moduli": _moduli(*(moduli or (None, None)))}
+    else:
+        label = {"voigt": _voigt(voigt)}
     return Record(
         id=str(id),
         source=source,
         formula=s.composition.reduced_formula,
         structure=s,
-        voigt=v,
         theory=str(theory),
         crystal_system=str(crystal_system or "").lower(),
         precision_gpa=float(precision),
+        **label,
     )
 
 
