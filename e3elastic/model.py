@@ -363,14 +363,19 @@ class Interaction(nn.Module):
         xe = x_in[senders, :, 0]  # (E, mul)
         harmonics = sh.regroup().array @ jnp.asarray(cg_all[0], x.dtype)  # (E, K)
         w_paths = jnp.split(weights, len(outs), axis=-1)  # (E, mul) per path
-        by_ir, start = {}, 0
-        for p, ir in enumerate(outs):
-            k = slice(start, start + ir.dim)
-            start += ir.dim
-            w = mixed.chunks[[i for _, i in gate_in].index(ir)][:, :, 0]  # (mul, c)
+        offsets = np.cumsum([0] + [ir.dim for ir in outs])
+        # one chunk per entry of gate_in (an irrep can appear twice, e.g. the activated and
+        # the gating 0e around the 0o); an irrep no path produces stays None (zero)
+        chunks = []
+        for j, (_, ir) in enumerate(gate_in):
+            if ir not in outs:
+                chunks.append(None)
+                continue
+            p = outs.index(ir)
+            w = mixed.chunks[j][:, :, 0]  # (mul, c)
             z = (xe * w_paths[p]) @ w  # (E, c)
-            by_ir[ir] = z[:, :, None] * harmonics[:, None, k]  # (E, c, 2l+1)
-        chunks = [by_ir.get(ir) for _, ir in gate_in]
+            harm = harmonics[:, None, offsets[p] : offsets[p + 1]]
+            chunks.append(z[:, :, None] * harm)  # (E, c, 2l+1)
         msg = e3nn.from_chunks(gate_in, chunks, senders.shape, x.dtype)
         return e3nn.scatter_sum(msg, dst=receivers, output_size=x.shape[0])
 

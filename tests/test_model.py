@@ -53,8 +53,8 @@ def _real_structures():
 class Runner:
     """One jitted forward per dtype, shared by all tests (one compiled shape each)."""
 
-    def __init__(self):
-        self.cfg = cfg.tiny()
+    def __init__(self, overrides=()):
+        self.cfg = cfg.tiny().override(list(overrides))
         self.net = ElasticityNet(self.cfg.model)
         self._fns = {}
         self._params = {}
@@ -96,6 +96,21 @@ def test_equivariance_synthetic(run, rng, dtype, tol, improper):
     c, c_rot = run([s, rotated_structure(s, R)], dtype)
     assert np.max(np.abs(c[0])) > 1e-3  # the model output is not trivially zero
     assert _rel(c_rot, tensors.rotate(c, R)) < tol
+
+
+#: odd scalars and vectors next to the even channels (as in MatTen's hidden layers), 3 blocks
+PARITY = ("model.hidden_irreps=8x0e+4x0o+2x1o+2x1e+2x2e+1x2o+1x3o+1x3e+2x4e", "model.n_layers=3")
+
+
+@pytest.mark.parametrize("improper", [False, True])
+def test_equivariance_with_parity_channels(rng, improper):
+    """Channels of both parities: E(3) equivariance (inversion included) must still hold."""
+    run = Runner(PARITY)
+    s = quartz_structure()  # chiral: its mirror image is another crystal
+    R = random_rotation(rng, improper=improper)
+    c, c_rot = run([s, rotated_structure(s, R)], np.float64)
+    assert np.max(np.abs(c[0])) > 1e-3
+    assert _rel(c_rot, tensors.rotate(c, R)) < 1e-10
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
@@ -469,6 +484,9 @@ def test_scale_paths_is_e3nns_product_with_weights():
         ("5x0e+3x2e+2x4e", "4x0e"),
         ("6x0e+2x0o+2x1e+2x2o", "4x0o"),  # odd scalars: paths 0o x l
         ("6x0e+2x1o+2x2e", "3x0e+1x0o"),  # two kinds of scalar: the general path
+        # parity channels: the gate input repeats 0e (activated, 0o, then the gates) and
+        # some irreps (0o, 1e, 2o) have no path from even scalars
+        ("6x0e+2x0o+2x1o+2x1e+2x2e+1x2o", "4x0e"),
     ],
 )
 def test_scalar_block_mixes_on_edges_like_the_general_path(hidden, irreps_in):
