@@ -55,7 +55,7 @@ from .bundle import CheckpointError, bundle_dirs, load_bundle, model_folder
 from .config import THEORIES, Config, theory_index
 from .errors import short_error
 from .interface import predict_irreps, voigt_from_outputs
-from .prediction import RESULT_KEYS, Prediction, tensor_fields, to_json_ready
+from .prediction import RESULT_KEYS, Prediction, moduli_intervals, tensor_fields, to_json_ready
 from .programs import StoredPrograms, inference_buckets
 from .structures import (
     MAX_FRACTIONAL,
@@ -109,6 +109,10 @@ class Model:
     #: Factors for an ensemble's standard deviations (``voigt``, ``K_VRH``, ``G_VRH``) fitted
     #: on validation data (the ensemble folder's ``calibration.json``); empty: uncalibrated.
     sigma_scale: dict[str, float] = field(default_factory=dict)
+    #: Half-widths (in log-space standard deviations) of the 68 % and 95 % intervals of K_VRH,
+    #: G_VRH and Young's modulus, fitted on validation data (``calibration.json``'s
+    #: ``interval_scale``); empty: the Gaussian values.
+    interval_scale: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._compiled = None
@@ -145,6 +149,7 @@ class Model:
         }
         if self.n_members > 1:
             out["sigma_calibrated"] = bool(self.sigma_scale)
+            out["intervals_calibrated"] = bool(self.interval_scale)
         return out
 
     def compiled(self) -> StoredPrograms:
@@ -228,6 +233,7 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Model:
         name=str(name),
         version=version,
         sigma_scale=_sigma_scale(path) if len(members) > 1 else {},
+        interval_scale=_interval_scale(path) if len(members) > 1 else {},
     )
 
 
@@ -250,6 +256,21 @@ def _sigma_scale(folder: Path) -> dict[str, float]:
     try:
         scale = json.loads(f.read_text()).get("sigma_scale") or {}
         return {str(k): float(v) for k, v in scale.items() if np.isfinite(float(v)) and v > 0}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise PredictError(f"{f}: unreadable calibration ({e})") from None
+
+
+def _interval_scale(folder: Path) -> dict[str, dict[str, float]]:
+    """The ``interval_scale`` of an ensemble folder's ``calibration.json`` ({} if none)."""
+    f = folder / "calibration.json"
+    if not f.is_file():
+        return {}
+    try:
+        scale = json.loads(f.read_text()).get("interval_scale") or {}
+        return {
+            str(q): {str(lv): float(k) for lv, k in levels.items() if float(k) > 0}
+            for q, levels in scale.items()
+        }
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise PredictError(f"{f}: unreadable calibration ({e})") from None
 
@@ -406,7 +427,9 @@ def _predict_prepared(
                     else model.predict_irreps([g], batch_size, theory_input, buckets)[:, 0]
                 )
                 voigts = model.voigt(one)
-                results[i].update(_result_fields(voigts, rotations, model.sigma_scale))
+                results[i].update(
+                    _result_fields(voigts, rotations, model.sigma_scale, model.interval_scale)
+                )
                 results[i]["warnings"] += domain.ensemble_warnings(voigts)
             except Exception as e:  # non-finite output, singular tensor, model failure
                 results[i]["error"] = f"prediction failed: {short_error(e)}" + (
@@ -420,10 +443,14 @@ def _predict_prepared(
 
 
 def _result_fields(
-    member_voigts: np.ndarray, rotations: np.ndarray | None, sigma_scale: dict[str, float]
+    member_voigts: np.ndarray,
+    rotations: np.ndarray | None,
+    sigma_scale: dict[str, float],
+    interval_scale: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Result fields from the members' Voigt tensors, averaged over ``rotations`` if given;
-    an ensemble's standard deviations are multiplied by ``sigma_scale``."""
+    an ensemble's standard deviations are multiplied by ``sigma_scale``, and its log-space
+    intervals of the moduli use ``interval_scale``."""
     carts = tensors.voigt_to_cartesian(member_voigts)  # (M, 3, 3, 3, 3)
     if rotations is not None:
         carts = tensors.symmetrize(carts, rotations)
@@ -443,5 +470,6 @@ def _result_fields(
         out["voigt_std_GPa"] = voigts.std(axis=0, ddof=1) * sigma_scale.get("voigt", 1.0)
         out["K_VRH_std_GPa"] = float(np.std(k_all, ddof=1)) * sigma_scale.get("K_VRH", 1.0)
         out["G_VRH_std_GPa"] = float(np.std(g_all, ddof=1)) * sigma_scale.get("G_VRH", 1.0)
+        out.update(moduli_intervals(voigts, out, interval_scale))
         out["n_members"] = len(voigts)
     return out

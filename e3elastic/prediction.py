@@ -15,7 +15,22 @@ import numpy as np
 
 from . import tensors
 
-__all__ = ["Prediction", "tensor_fields", "to_json_ready"]
+__all__ = [
+    "INTERVAL_LEVELS",
+    "INTERVAL_QUANTITIES",
+    "Prediction",
+    "interval_width",
+    "log_spread",
+    "moduli_intervals",
+    "tensor_fields",
+    "to_json_ready",
+]
+
+#: Moduli that get intervals: the result keys without ``_GPa``.
+INTERVAL_QUANTITIES = ("K_VRH", "G_VRH", "youngs_modulus")
+#: Coverage levels of the intervals (percent), and the Gaussian half-widths (in log-space
+#: standard deviations) an uncalibrated ensemble uses for them.
+INTERVAL_LEVELS = {"68": 0.994457883209753, "95": 1.959963984540054}
 
 #: Fields every result has; a failed structure has them as None.
 RESULT_KEYS = (
@@ -44,7 +59,11 @@ class Prediction(dict):
     ``born_stable``, ``warnings`` (list of ``"code: sentence"``, see :mod:`e3elastic.domain`),
     ``error`` (None, or why this structure failed; the numbers are then None), provenance
     (``model``, ``lattice_A``, ``space_group``, ``point_group``) and, for an ensemble, the
-    standard deviations ``voigt_std_GPa``, ``K_VRH_std_GPa``, ``G_VRH_std_GPa``.
+    standard deviations ``voigt_std_GPa``, ``K_VRH_std_GPa``, ``G_VRH_std_GPa`` and the
+    intervals ``K_VRH_interval68_GPa``, ``K_VRH_interval95_GPa`` (and the same for
+    ``G_VRH`` and ``youngs_modulus``): ``[low, high]`` around the central value, from the
+    members' spread in log space (see :func:`moduli_intervals`), so a bound never goes below
+    zero.
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -122,6 +141,62 @@ def tensor_fields(voigt: np.ndarray, props: dict[str, Any] | None = None) -> dic
     out: dict[str, Any] = {"voigt_GPa": voigt, "cartesian_GPa": tensors.voigt_to_cartesian(voigt)}
     for k, v in props.items():
         out[k] = bool(v) if k == "born_stable" else float(v)
+    return out
+
+
+def _member_moduli(member_voigts: np.ndarray) -> dict[str, np.ndarray]:
+    """K_VRH, G_VRH and Young's modulus ``(M, ...)`` of the members' Voigt tensors."""
+    return {
+        "K_VRH": tensors.bulk_modulus(member_voigts)["hill"],
+        "G_VRH": tensors.shear_modulus(member_voigts)["hill"],
+        "youngs_modulus": tensors.youngs_modulus(member_voigts),
+    }
+
+
+def interval_width(spread: np.ndarray, fitted: dict[str, float] | None) -> np.ndarray:
+    """The log-space width ``sqrt(s^2 + floor^2)`` of :func:`moduli_intervals`."""
+    return np.hypot(spread, (fitted or {}).get("floor", 0.0))
+
+
+def log_spread(member_voigts: np.ndarray) -> dict[str, np.ndarray]:
+    """Standard deviation over members (axis 0, ddof 1) of ln K_VRH, ln G_VRH and ln E.
+
+    Members of a log-head ensemble disagree by factors, not by GPa: the spread of the logs is
+    the natural width. A member with a modulus <= 0 (not positive-definite) gives NaN."""
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for q, v in _member_moduli(np.asarray(member_voigts, np.float64)).items():
+            out[q] = np.log(np.where(v > 0, v, np.nan)).std(axis=0, ddof=1)
+    return out
+
+
+def moduli_intervals(
+    member_voigts: np.ndarray,
+    centre: dict[str, float],
+    scale: dict[str, dict[str, float]] | None = None,
+) -> dict[str, list[float]]:
+    """``{q}_interval{level}_GPa: [low, high]`` for K_VRH, G_VRH and Young's modulus.
+
+    ``[c exp(-k w), c exp(+k w)]``: ``c`` the central value (``centre[q + "_GPa"]``),
+    ``w = sqrt(s^2 + f^2)`` with ``s`` the members' standard deviation of ln q
+    (:func:`log_spread`) and ``f`` a floor for the error the members share, and ``k`` the
+    half-width of the level. ``scale[q]`` holds ``floor`` and a ``k`` per level as fitted on
+    validation data (:func:`e3elastic.evaluation.fit_interval_scale`); without it, ``f = 0``
+    and the Gaussian values of :data:`INTERVAL_LEVELS`. Always positive, and wider above than
+    below the centre."""
+    scale = scale or {}
+    spread = log_spread(member_voigts)
+    out: dict[str, list[float]] = {}
+    for q in INTERVAL_QUANTITIES:
+        fitted = scale.get(q) or {}
+        c = float(centre[f"{q}_GPa"])
+        s = float(interval_width(spread[q], fitted))
+        for level, z in INTERVAL_LEVELS.items():
+            k = float(fitted.get(level, z))
+            ok = np.isfinite(s) and c > 0
+            out[f"{q}_interval{level}_GPa"] = (
+                [c * float(np.exp(-k * s)), c * float(np.exp(k * s))] if ok else [np.nan, np.nan]
+            )
     return out
 
 

@@ -24,6 +24,13 @@ _CSV_KEYS = [
     "born_stable",
     "K_VRH_std_GPa",
     "G_VRH_std_GPa",
+    # an ensemble's log-space intervals: [low, high] in two columns each
+    *[
+        f"{q}_{end}{level}_GPa"
+        for q in ("K_VRH", "G_VRH", "youngs_modulus")
+        for level in ("68", "95")
+        for end in ("low", "high")
+    ],
     "space_group",
     "theory",
     "model",
@@ -48,13 +55,31 @@ def _predictions_csv(results: list) -> str:
         v, sd = r.get("voigt_GPa"), r.get("voigt_std_GPa")
         comps = [] if v is None else [f"{v[i][j]:.4f}" for i, j in upper]
         stds = [""] * len(upper) if sd is None else [f"{sd[i][j]:.4f}" for i, j in upper]
-        row = [r.get(k) if r.get(k) is not None else "" for k in keys]
+        row = [_csv_value(r, k) for k in keys]
         row[keys.index("warnings")] = " | ".join(r.get("warnings") or [])
         row[keys.index("space_group")] = (r.get("symmetry") or {}).get("space_group", "")
         model = r.get("model") or {}
         row[keys.index("model")] = f"{model.get('name', '')} {model.get('version', '')}".strip()
         w.writerow(row + (comps + stds if comps else []))
     return buf.getvalue()
+
+
+def _csv_value(r: dict, key: str):
+    """A result's value for a CSV column; ``Q_lowNN_GPa``/``Q_highNN_GPa`` are the ends of
+    ``Q_intervalNN_GPa``."""
+    for end, i in (("_low", 0), ("_high", 1)):
+        if end in key:
+            q, level = key.split(end)
+            pair = r.get(f"{q}_interval{level}")
+            return "" if pair is None else pair[i]
+    value = r.get(key)
+    return "" if value is None else value
+
+
+def _interval(r: dict, q: str) -> str:
+    """`` (95 %: low-high)`` when the result has that interval."""
+    pair = r.get(f"{q}_interval95_GPa")
+    return "" if pair is None else f" (95 %: {pair[0]:.1f}-{pair[1]:.1f})"
 
 
 def _prediction_table(r: dict) -> list[str]:
@@ -80,8 +105,10 @@ def _prediction_table(r: dict) -> list[str]:
             cells += "   +- " + " ".join(f"{s:5.1f}" for s in std[i])
         lines.append("  " + cells)
     lines.append(
-        f"  K_VRH {r['K_VRH_GPa']:.1f} GPa, G_VRH {r['G_VRH_GPa']:.1f} GPa, "
-        f"E {r['youngs_modulus_GPa']:.1f} GPa, nu {r['poisson_ratio']:.3f}, "
+        f"  K_VRH {r['K_VRH_GPa']:.1f}{_interval(r, 'K_VRH')} GPa, "
+        f"G_VRH {r['G_VRH_GPa']:.1f}{_interval(r, 'G_VRH')} GPa, "
+        f"E {r['youngs_modulus_GPa']:.1f}{_interval(r, 'youngs_modulus')} GPa, "
+        f"nu {r['poisson_ratio']:.3f}, "
         f"A^U {r['universal_anisotropy']:.3f}, "
         f"{'Born stable' if r['born_stable'] else 'NOT Born stable'}\n"
     )

@@ -1,0 +1,141 @@
+"""An ensemble's log-space intervals of K, G and E: arithmetic, calibration and output.
+
+Isotropic tensors have K and G by construction, so every expected number below comes from the
+construction, not from the code under test.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from e3elastic import tensors
+from e3elastic.prediction import INTERVAL_LEVELS, moduli_intervals
+
+
+def _iso(k, g):
+    return np.stack([tensors.isotropic_voigt(a, b) for a, b in zip(k, g, strict=True)])
+
+
+def _young(k, g):
+    return 9 * k * g / (3 * k + g)
+
+
+def test_gaussian_intervals_are_log_symmetric_and_positive():
+    k = np.array([100.0, 130.0, 80.0, 115.0])  # members of a wide-spread ensemble
+    g = np.array([40.0, 60.0, 25.0, 45.0])
+    members = _iso(k, g)
+    centre = {"K_VRH_GPa": 105.0, "G_VRH_GPa": 42.0, "youngs_modulus_GPa": 110.0}
+    out = moduli_intervals(members, centre)
+    s_k = np.std(np.log(k), ddof=1)
+    lo, hi = out["K_VRH_interval95_GPa"]
+    assert lo == pytest.approx(105.0 * np.exp(-1.959964 * s_k), rel=1e-6)
+    assert hi == pytest.approx(105.0 * np.exp(1.959964 * s_k), rel=1e-6)
+    for q in ("K_VRH", "G_VRH", "youngs_modulus"):
+        c = centre[f"{q}_GPa"]
+        lo68, hi68 = out[f"{q}_interval68_GPa"]
+        lo95, hi95 = out[f"{q}_interval95_GPa"]
+        assert 0 < lo95 < lo68 < c < hi68 < hi95
+        assert hi95 / c == pytest.approx(c / lo95, rel=1e-9)  # symmetric in log space
+    # a +-sigma band in GPa would reach below zero here; the log interval cannot
+    s_g_gpa = np.std(g, ddof=1)
+    assert 42.0 - 2 * 4 * s_g_gpa < 0 < out["G_VRH_interval95_GPa"][0]
+
+
+def test_fitted_floor_and_half_width_are_used():
+    k = np.array([100.0, 101.0, 99.0])  # members agree closely
+    members = _iso(k, np.array([50.0, 50.0, 50.0]))
+    centre = {"K_VRH_GPa": 100.0, "G_VRH_GPa": 50.0, "youngs_modulus_GPa": 128.57}
+    scale = {"K_VRH": {"floor": 0.1, "68": 1.0, "95": 2.0}}
+    out = moduli_intervals(members, centre, scale)
+    w = np.hypot(np.std(np.log(k), ddof=1), 0.1)
+    assert out["K_VRH_interval95_GPa"][1] == pytest.approx(100.0 * np.exp(2.0 * w), rel=1e-9)
+    assert out["K_VRH_interval68_GPa"][0] == pytest.approx(100.0 * np.exp(-w), rel=1e-9)
+    # G's members agree exactly and G has no fitted scale: a zero-width interval
+    assert out["G_VRH_interval95_GPa"] == pytest.approx([50.0, 50.0])
+
+
+def _synthetic(rng, n, n_members=5, shared=0.15, own=0.03):
+    """An ensemble whose members share a log error of size ``shared`` and scatter by
+    ``own``: Evaluated-like (records with a true tensor, member tensors)."""
+    from e3elastic.evaluation import Evaluated
+
+    k_true = rng.uniform(20, 300, n)
+    g_true = k_true * rng.uniform(0.2, 0.8, n)
+    common_k, common_g = rng.normal(0, shared, n), rng.normal(0, shared, n)
+    members = []
+    for _ in range(n_members):
+        k = k_true * np.exp(common_k + rng.normal(0, own, n))
+        g = g_true * np.exp(common_g + rng.normal(0, own, n))
+        members.append(_iso(k, g))
+    records = [SimpleNamespace(voigt=v) for v in _iso(k_true, g_true)]
+    return Evaluated(records=records, member_voigt=np.stack(members), skipped=[])
+
+
+def test_calibration_covers_new_data_and_finds_the_shared_error(rng):
+    from e3elastic.evaluation import fit_interval_scale, interval_coverage
+
+    val, test = _synthetic(rng, 600), _synthetic(rng, 600)
+    scale = fit_interval_scale(val)
+    for q in ("K_VRH", "G_VRH", "youngs_modulus"):
+        assert set(scale[q]) == {"floor", *INTERVAL_LEVELS}
+    # the shared error (0.15 in ln K) is what the members cannot see: the floor takes it
+    assert 0.08 < scale["K_VRH"]["floor"] < 0.3
+    fitted_val, fitted_test = interval_coverage(val, scale), interval_coverage(test, scale)
+    raw = interval_coverage(test)
+    for q in ("K_VRH", "G_VRH"):
+        assert fitted_val[q]["within_95"] == pytest.approx(0.95, abs=0.01)
+        assert fitted_test[q]["within_95"] == pytest.approx(0.95, abs=0.03)
+        assert fitted_test[q]["within_68"] == pytest.approx(0.68, abs=0.05)
+        assert raw[q]["within_95"] < 0.5  # the members' spread alone is over-confident
+
+
+def test_floor_gives_narrower_intervals_than_scaling_the_spread(rng):
+    """Same coverage on the fit set, but a floor beats one big factor on the spread when
+    the members share most of their error."""
+    from e3elastic.evaluation import fit_interval_scale, interval_coverage
+
+    val = _synthetic(rng, 600, own=0.05)
+    scale = fit_interval_scale(val)
+    no_floor = {
+        q: {**s, "floor": 0.0, "95": _k95_without_floor(val, q)} for q, s in scale.items()
+    }
+    with_floor, without = interval_coverage(val, scale), interval_coverage(val, no_floor)
+    assert without["K_VRH"]["within_95"] == pytest.approx(0.95, abs=0.01)
+    assert with_floor["K_VRH"]["median_width_95"] < without["K_VRH"]["median_width_95"]
+
+
+def _k95_without_floor(ev, q):
+    """The 95 % quantile of |ln error| / members' spread, from the construction."""
+    true_k = tensors.bulk_modulus(ev.true)["hill"]
+    mem_k = tensors.bulk_modulus(ev.member_voigt)["hill"]
+    true_g = tensors.shear_modulus(ev.true)["hill"]
+    mem_g = tensors.shear_modulus(ev.member_voigt)["hill"]
+    mean = ev.mean
+    if q == "K_VRH":
+        t, m, c = true_k, mem_k, tensors.bulk_modulus(mean)["hill"]
+    elif q == "G_VRH":
+        t, m, c = true_g, mem_g, tensors.shear_modulus(mean)["hill"]
+    else:
+        t, m = _young(true_k, true_g), _young(mem_k, mem_g)
+        c = _young(tensors.bulk_modulus(mean)["hill"], tensors.shear_modulus(mean)["hill"])
+    return float(np.quantile(np.abs(np.log(t / c)) / np.log(m).std(axis=0, ddof=1), 0.95))
+
+
+def test_table_and_csv_show_the_intervals():
+    from e3elastic.cli.predict import format_predictions
+    from e3elastic.prediction import Prediction
+
+    members = _iso(np.array([90.0, 100.0, 110.0]), np.array([45.0, 50.0, 55.0]))
+    p = Prediction.from_voigt(members.mean(axis=0), file="x.cif", formula="X")
+    p.update(moduli_intervals(members, p))
+    lo, hi = p["G_VRH_interval95_GPa"]
+    table = format_predictions([p], "table")
+    assert f"(95 %: {lo:.1f}-{hi:.1f})" in table
+    header, row = format_predictions([p], "csv").splitlines()[:2]
+    cells = dict(zip(header.split(","), row.split(","), strict=False))
+    assert float(cells["G_VRH_low95_GPa"]) == pytest.approx(lo)
+    assert float(cells["G_VRH_high95_GPa"]) == pytest.approx(hi)
+    assert float(cells["K_VRH_high68_GPa"]) == pytest.approx(p["K_VRH_interval68_GPa"][1])
