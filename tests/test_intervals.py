@@ -139,3 +139,18 @@ def test_table_and_csv_show_the_intervals():
     assert float(cells["G_VRH_low95_GPa"]) == pytest.approx(lo)
     assert float(cells["G_VRH_high95_GPa"]) == pytest.approx(hi)
     assert float(cells["K_VRH_high68_GPa"]) == pytest.approx(p["K_VRH_interval68_GPa"][1])
+
+
+def test_the_shipped_ensemble_has_fitted_intervals():
+    """The shipped ensemble's calibration holds a floor and two nested half-widths for each
+    modulus, and load_model passes them on."""
+    pytest.importorskip("jax")
+    from e3elastic import load_model
+
+    model = load_model("ensemble")
+    assert model.n_members > 1
+    for q in ("K_VRH", "G_VRH", "youngs_modulus"):
+        fitted = model.interval_scale[q]
+        assert fitted["floor"] >= 0
+        assert 0 < fitted["68"] < fitted["95"]
+    assert model.provenance()["intervals_calibrated"] is True
