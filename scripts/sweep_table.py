@@ -1,0 +1,121 @@
+"""Side-by-side table of training runs (a sweep): size, speed and validation metrics.
+
+    python scripts/sweep_table.py checkpoints/RUN [checkpoints/RUN ...] [--out FILE.json]
+
+For each run folder (``e3elastic train --workdir``): the network (hidden irreps, blocks, radial
+MLP), trainable parameters (from the best bundle's ``params.npz``), median seconds per epoch
+after the first (``timing.jsonl``; the first includes compilation), epochs done of those
+planned, and at the best validation epoch (``metrics.jsonl``): relative Frobenius error, EwT25,
+EwT10, MAE log10 K and G on the crystals with a tensor, and MAE K and G (GPa) on the K/G-only
+crystals. A finished run also shows its train-split error (``final_metrics.json``), so one can
+see where a candidate stops underfitting. Reads files only: runs still training can be listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_row(folder: Path) -> dict[str, Any]:
+    """One run's row (see the module docstring)."""
+    config = json.loads((folder / "config.json").read_text())
+    model, train = config["model"], config["train"]
+    epochs = [m for m in _jsonl(folder / "metrics.jsonl") if m.get("val")]
+    if not epochs:
+        raise ValueError(f"{folder}: no validated epoch yet")
+    best = min(epochs, key=lambda m: m["val"]["rel_frobenius"])
+    val = best["val"]
+    kg = val.get("moduli_only") or {}
+    seconds = [t["seconds"] for t in _jsonl(folder / "timing.jsonl") if t["epoch"] > 0]
+    params_file = folder / "best" / "params.npz"
+    n_params = None
+    if params_file.is_file():
+        with np.load(params_file) as p:
+            n_params = int(sum(p[k].size for k in p.files))
+    row: dict[str, Any] = {
+        "run": folder.name,
+        "hidden_irreps": model["hidden_irreps"],
+        "n_layers": model["n_layers"],
+        "radial_hidden": model["radial_hidden"],
+        "cutoff": model["cutoff"],
+        "seed": train["seed"],
+        "holdout": config["data"]["holdout"],
+        "parameters": n_params,
+        "seconds_per_epoch": statistics.median(seconds) if seconds else None,
+        "epochs_done": len(epochs),
+        "epochs_planned": train["epochs"],
+        "best_epoch": best["epoch"],
+        "val_rel_frobenius": val["rel_frobenius"],
+        "val_ewt_25": val["ewt_25"],
+        "val_ewt_10": val["ewt_10"],
+        "val_mae_log10_K": val["mae_log10_K_VRH"],
+        "val_mae_log10_G": val["mae_log10_G_VRH"],
+        "val_kg_only_mae_K_GPa": kg.get("mae_K_VRH_GPa"),
+        "val_kg_only_mae_G_GPa": kg.get("mae_G_VRH_GPa"),
+        "train_rel_frobenius": None,
+    }
+    final = folder / "final_metrics.json"
+    if final.is_file():
+        f = json.loads(final.read_text())
+        row["train_rel_frobenius"] = (f.get("train") or {}).get("rel_frobenius")
+        row["test_rel_frobenius"] = (f.get("test") or {}).get("rel_frobenius")
+    return row
+
+
+def _cell(x: Any, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        "| run | network | params | s/epoch | epochs | best | val rel. | EwT25 | EwT10 | "
+        "log10 K / G | K/G-only MAE K / G (GPa) | train rel. |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        net = f"{r['n_layers']} x {r['hidden_irreps']}, radial {r['radial_hidden']}"
+        print(
+            f"| {r['run']} | {net} | {_cell(r['parameters'], ',')} | "
+            f"{_cell(r['seconds_per_epoch'], '.0f')} | {r['epochs_done']}/{r['epochs_planned']} | "
+            f"{r['best_epoch']} | {r['val_rel_frobenius']:.4f} | {r['val_ewt_25']:.3f} | "
+            f"{r['val_ewt_10']:.3f} | {r['val_mae_log10_K']:.4f} / {r['val_mae_log10_G']:.4f} | "
+            f"{_cell(r['val_kg_only_mae_K_GPa'], '.1f')} / "
+            f"{_cell(r['val_kg_only_mae_G_GPa'], '.1f')} | "
+            f"{_cell(r['train_rel_frobenius'], '.4f')} |"
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--out", default=None, help="also write the rows as JSON")
+    args = ap.parse_args()
+    rows = []
+    for run in args.runs:
+        try:
+            rows.append(run_row(Path(run)))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: {run}: {e}", file=sys.stderr)
+            return 2
+    print_table(rows)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
