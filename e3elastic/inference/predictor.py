@@ -5,14 +5,16 @@
 >>> [r] = e3elastic.predict(["examples/silicon.cif"], model=model)  # doctest: +SKIP
 >>> r["voigt_GPa"][0][0], r["K_VRH_GPa"]                           # doctest: +SKIP
 
-Each result is a :class:`~e3elastic.prediction.Prediction`, a dict with methods (JSON-ready
+Each result is a :class:`~e3elastic.inference.prediction.Prediction`, a dict with methods
+(JSON-ready
 apart from numpy arrays, see :func:`to_json_ready`):
 
 ``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6), ``cartesian_GPa`` (3x3x3x3), the derived
 moduli of :func:`e3elastic.tensors.derived_properties` (``K_VRH_GPa``, ``G_VRH_GPa``,
 ``youngs_modulus_GPa``, ``poisson_ratio``, ``universal_anisotropy``, ``min_eigenvalue_GPa``,
 ``born_stable``, and the Voigt/Reuss bounds), ``warnings`` (a list of ``"code: sentence"``
-strings for inputs outside the model's domain, see :mod:`e3elastic.domain`), with an ensemble
+strings for inputs outside the model's domain, see :mod:`e3elastic.inference.domain`), with an
+ensemble
 ``voigt_std_GPa``,
 ``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or why this structure failed (its
 other fields are then None). A failing structure never stops the others: unreadable files,
@@ -32,8 +34,10 @@ members), ``theory``, ``lattice_A`` (the 3x3 lattice, rows a, b, c in Angstrom: 
 frame of the tensor) and ``symmetry`` (space group, point group, crystal system, the
 ``symprec`` used, and whether the tensor was symmetrized).
 
-Reading and checking the inputs is :mod:`e3elastic.structures`, the network's compiled programs
-:mod:`e3elastic.programs`, the batch loop :func:`e3elastic.interface.predict_irreps`; their
+Reading and checking the inputs is :mod:`e3elastic.inference.structures`, the network's compiled
+programs
+:mod:`e3elastic.inference.programs`, the batch loop
+:func:`e3elastic.network.interface.predict_irreps`; their
 public names are re-exported here.
 """
 
@@ -49,12 +53,13 @@ from typing import Any
 
 import numpy as np
 
-from . import domain, tensors
-from . import graph as graph_mod
+from .. import graph as graph_mod
+from .. import tensors
+from ..config import THEORIES, Config, theory_index
+from ..errors import short_error
+from ..network.interface import predict_irreps, voigt_from_outputs
+from . import domain
 from .bundle import CheckpointError, bundle_dirs, load_bundle, model_folder
-from .config import THEORIES, Config, theory_index
-from .errors import short_error
-from .interface import predict_irreps, voigt_from_outputs
 from .prediction import RESULT_KEYS, Prediction, moduli_intervals, tensor_fields, to_json_ready
 from .programs import StoredPrograms, inference_buckets
 from .structures import (
@@ -139,7 +144,7 @@ class Model:
         )
 
     def provenance(self) -> dict[str, Any]:
-        from . import __version__
+        from .. import __version__
 
         out = {
             "name": self.name,
@@ -306,7 +311,8 @@ def predict(
 ) -> Prediction | list[Prediction]:
     """Predict C for each structure (see the module docstring for the result fields).
 
-    One Structure, ASE Atoms or file path gives one :class:`~e3elastic.prediction.Prediction`;
+    One Structure, ASE Atoms or file path gives one
+    :class:`~e3elastic.inference.prediction.Prediction`;
     a list (or a folder or glob pattern, expanded as on the command line) gives a list.
 
     ``progress(done, total)`` is called after each batch when given. A structure with more
