@@ -6,18 +6,16 @@
 >>> r["voigt_GPa"][0][0], r["K_VRH_GPa"]                           # doctest: +SKIP
 
 Each result is a :class:`~e3elastic.inference.prediction.Prediction`, a dict with methods
-(JSON-ready
-apart from numpy arrays, see :func:`to_json_ready`):
+(JSON-ready apart from numpy arrays, see :func:`to_json_ready`):
 
 ``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6), ``cartesian_GPa`` (3x3x3x3), the derived
 moduli of :func:`e3elastic.tensors.derived_properties` (``K_VRH_GPa``, ``G_VRH_GPa``,
 ``youngs_modulus_GPa``, ``poisson_ratio``, ``universal_anisotropy``, ``min_eigenvalue_GPa``,
 ``born_stable``, and the Voigt/Reuss bounds), ``warnings`` (a list of ``"code: sentence"``
 strings for inputs outside the model's domain, see :mod:`e3elastic.inference.domain`), with an
-ensemble
-``voigt_std_GPa``,
-``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or why this structure failed (its
-other fields are then None). A failing structure never stops the others: unreadable files,
+ensemble ``voigt_std_GPa``, ``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or
+why this structure failed (its other fields are then None). A failing structure never stops
+the others: unreadable files,
 structures the graph code refuses (:class:`~e3elastic.graph.GraphError`: overlapping atoms,
 isolated atoms, degenerate cells), atoms more than ``MAX_FRACTIONAL`` cells from the origin,
 structures with more than ``max_edges`` neighbour pairs, and failures of the model on one
@@ -35,10 +33,8 @@ frame of the tensor) and ``symmetry`` (space group, point group, crystal system,
 ``symprec`` used, and whether the tensor was symmetrized).
 
 Reading and checking the inputs is :mod:`e3elastic.inference.structures`, the network's compiled
-programs
-:mod:`e3elastic.inference.programs`, the batch loop
-:func:`e3elastic.network.interface.predict_irreps`; their
-public names are re-exported here.
+programs :mod:`e3elastic.inference.programs`, the batch loop
+:func:`e3elastic.network.interface.predict_irreps`; their public names are re-exported here.
 """
 
 from __future__ import annotations

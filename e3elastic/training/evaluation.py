@@ -1,6 +1,6 @@
 """Evaluate a trained model (shipped name, bundle, run folder or ensemble) on a dataset.
 
->>> from e3elastic import evaluation
+>>> from e3elastic.training import evaluation
 >>> m = evaluation.evaluate("default", split="test")            # doctest: +SKIP
 >>> m["metrics"]["rel_frobenius"], len(m["crystals"])            # doctest: +SKIP
 
