@@ -241,8 +241,8 @@ def _epochs(workdir):
 
 
 def _stop(config, with_val: bool = True, minutes_ago: float = 0.0):
-    """Run the end-of-epoch bookkeeping of the training loop (``train._validate`` then
-    ``train._should_stop``, as ``train`` calls them) on validation scores given per epoch;
+    """Run the end-of-epoch bookkeeping of the training loop (``epochs._validate`` then
+    ``epochs._should_stop``, as the loop calls them) on validation scores given per epoch;
     returns (the epoch it stops after or None, the best epoch)."""
     from types import SimpleNamespace
 
@@ -257,8 +257,8 @@ def _stop(config, with_val: bool = True, minutes_ago: float = 0.0):
     state = train.TrainState(params={}, opt_state={})
     for epoch in range(config.train.epochs):
         record = {"epoch": epoch, "train_loss": 1.0}
-        state, _ = train._validate(run, state, record)
-        if train._should_stop(run, state, epoch, "val" in record):
+        state, _ = epochs._validate(run, state, record)
+        if epochs._should_stop(run, state, epoch, "val" in record):
             return epoch, state.best_epoch
     return None, state.best_epoch
 
