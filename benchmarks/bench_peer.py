@@ -4,10 +4,9 @@
 
 The PyTorch side is the port in ``peer_torch.py`` (weights copied in by ``peer_weights.py``):
 :class:`e3elastic.network.model.ElasticityNet` (the ``default`` config's architecture) module by
-module
-in e3nn, up to the 21 output irreps.
-The head (``log``) only post-processes these 21 numbers, so it is left out of both sides.
-This script is the runner: it checks the port against JAX, then times both.
+module in e3nn, up to the 21 output irreps. The head (``log``) only post-processes these 21 numbers,
+so it is left out of both sides. This script is the runner: it checks the port against JAX, then
+times both.
 
 What the script checks before timing:
 

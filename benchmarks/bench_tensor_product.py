@@ -1,7 +1,6 @@
 """The edge tensor product of the default network's second block: e3nn-jax's per-path
 ``e3nn.tensor_product`` against ``e3elastic.network.kernels.edge_tensor_product`` (one contraction
-per
-input irrep), each followed by the per-path weights and the scatter to receivers; the weights
+per input irrep), each followed by the per-path weights and the scatter to receivers; the weights
 applied as e3nn-jax's ``IrrepsArray * array`` or by ``e3elastic.network.kernels.scale_paths``.
 
     python benchmarks/bench_tensor_product.py [--edges 5440] [--rounds 5]

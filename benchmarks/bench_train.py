@@ -10,11 +10,10 @@ benchmarks/results/train_<config>.json with the device and versions.
 
 With ``--loops`` it instead times whole epochs of the two training loops of ``train.loop`` on
 the same steps (:func:`e3elastic.training.train.plan_steps`,
-:func:`e3elastic.training.train.epoch_order`):
-``python`` (one jitted step per batch, fed from the host, loss read after each) and ``scan``
-(each bucket's batches put on the device once, one ``lax.scan`` per bucket and epoch, one
-fetch per bucket). Epoch 0 includes compilation; ``crystals_per_s`` is over the later epochs.
-Writes benchmarks/results/train_loops_<config>.json.
+:func:`e3elastic.training.train.epoch_order`): ``python`` (one jitted step per batch, fed from the
+host, loss read after each) and ``scan`` (each bucket's batches put on the device once, one
+``lax.scan`` per bucket and epoch, one fetch per bucket). Epoch 0 includes compilation;
+``crystals_per_s`` is over the later epochs. Writes benchmarks/results/train_loops_<config>.json.
 """
 
 from __future__ import annotations

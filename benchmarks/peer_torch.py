@@ -66,8 +66,8 @@ def _gelu(x):
 class TorchRadialBasis(torch.nn.Module):
     """Bessel basis times the polynomial cutoff envelope, ``(E,) -> (E, n_radial)``.
 
-    Mirrors ``e3nn_jax.bessel(length, n_radial, cutoff) * e3elastic.network.kernels.envelope(x,
-    p)``.
+    Mirrors
+    ``e3nn_jax.bessel(length, n_radial, cutoff) * e3elastic.network.kernels.envelope(x, p)``.
     """
 
     def __init__(self, n_radial: int, cutoff: float, p: int):
@@ -97,8 +97,7 @@ class TorchRadialMLP(torch.nn.Module):
     """Radial basis ``(E, n_radial)`` -> per-path weights ``(E, n_out)``.
 
     Mirrors ``e3elastic.network.model.RadialMLP`` (flax ``Dense`` layers with biases and SiLU), so
-    it
-    is plain ``torch.nn.Linear`` rather than e3nn's ``FullyConnectedNet`` (no biases, weights
+    it is plain ``torch.nn.Linear`` rather than e3nn's ``FullyConnectedNet`` (no biases, weights
     scaled by ``1/sqrt(fan_in)`` in the forward, normalised activations).
     """
 
@@ -256,8 +255,7 @@ class TorchInteraction(torch.nn.Module):
         self.gate = TorchGate(hidden)
         self.skip = o3.Linear(irreps_in, hidden)
         self.irreps_out = hidden
-        # scalar inputs: mix on the edges, as e3elastic.network.model.Interaction._scalar_messages
-        # does
+        # scalar inputs: mix on the edges (as e3elastic.network.model.Interaction._scalar_messages)
         self.scalar_input = irreps_in.lmax == 0 and len(irreps_in) == 1
         if self.scalar_input:
             self._setup_scalar(irreps_in, irreps_sh, irreps_msg, gate_in)

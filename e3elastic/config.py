@@ -202,9 +202,8 @@ class TrainConfig:
     Moduli: ``moduli_weight`` > 0 trains on the crystals that have only K_VRH and G_VRH: each
     one's loss is that weight times ``(ln K_pred - ln K)^2 + (ln G_pred - ln G)^2``, with the
     Voigt-Reuss-Hill averages of the predicted C (:func:`e3elastic.training.steps.moduli_term`).
-    With 0
-    they stay out of training. ``moduli_weight_tensor`` adds the same term, with its own weight,
-    to the crystals that have a full tensor.
+    With 0 they stay out of training. ``moduli_weight_tensor`` adds the same term, with its own
+    weight, to the crystals that have a full tensor.
     """
 
     seed: int = 0

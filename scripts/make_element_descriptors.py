@@ -1,5 +1,4 @@
-"""Write ``e3elastic/network/element_descriptors.json``: physical descriptors of elements Z =
-1..100.
+"""Write ``e3elastic/network/element_descriptors.json``: descriptors of elements Z = 1..100.
 
 The model's species embedding reads this table (see :mod:`e3elastic.network.elements`), so that an
 element with few or no training crystals is placed by its chemistry rather than by an untrained

@@ -1,5 +1,4 @@
-"""e3elastic.training.metrics.tensor_metrics and evaluation.baselines against values worked out
-here.
+"""training.metrics.tensor_metrics and evaluation.baselines against values worked out here.
 
 Every expectation is computed in this file from closed forms (numpy only): the Frobenius norm of
 C_ijkl from its Voigt matrix (weights 1, 2 and 4 for normal-normal, normal-shear and shear-shear

@@ -18,9 +18,8 @@ from there. :func:`bundle_dirs` finds the bundle(s) of a bundle, run or ensemble
 
 The parameter shapes a config builds come from an abstract trace of the network's ``init``,
 cached on disk under :func:`e3elastic.network.architecture.architecture_key`
-(:func:`expected_param_shapes`). Training
-checkpoints (orbax) are in :mod:`e3elastic.training.checkpoint`, which re-exports this module's
-names.
+(:func:`expected_param_shapes`). Training checkpoints (orbax) are in
+:mod:`e3elastic.training.checkpoint`, which re-exports this module's names.
 """
 
 from __future__ import annotations
@@ -321,8 +320,7 @@ def expected_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     versions of e3elastic, flax, e3nn-jax and jax); a later process loading a bundle of the
     same architecture reads it back. The shapes the package's shipped programs take
     (:func:`e3elastic.inference.programs.shipped_param_shapes`) come first: the shipped models need
-    no
-    trace at all.
+    no trace at all.
     """
     key = architecture_key(config)
     if key in _SHAPES:

@@ -156,11 +156,10 @@ def fit_interval_scale(ev: Evaluated) -> dict[str, dict[str, float]]:
 
     The interval is ``q_centre * exp(+-k w)`` with ``w = sqrt(s^2 + f^2)``, ``s`` the
     members' std of ln q (:func:`e3elastic.inference.prediction.moduli_intervals`). Members share
-    much
-    of their error, so ``s`` alone is too small where they agree; the floor ``f`` carries that
-    part. For each candidate floor, k of a level is that level's quantile of
-    |ln(q_true / q_centre)| / w (so the level's coverage holds on ``ev``); the floor chosen
-    gives the narrowest 95 % intervals on average."""
+    much of their error, so ``s`` alone is too small where they agree; the floor ``f`` carries that
+    part. For each candidate floor, k of a level is that level's quantile of |ln(q_true / q_centre)|
+    / w (so the level's coverage holds on ``ev``); the floor chosen gives the narrowest 95 %
+    intervals on average."""
     from ..inference.prediction import INTERVAL_LEVELS
 
     if ev.member_voigt.shape[0] < 2:

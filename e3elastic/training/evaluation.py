@@ -250,8 +250,7 @@ def evaluate_part(pred_irreps, records, config: Config, groups=("theory", "sourc
     """Metrics of head outputs ``(n, 21)`` against records' labels: the tensor metrics of
     :func:`e3elastic.training.metrics.tensor_metrics` over the records with a full tensor, and, when
     there are records with K/G only, ``moduli_only``:
-    :func:`e3elastic.training.metrics.moduli_metrics`
-    over those."""
+    :func:`e3elastic.training.metrics.moduli_metrics` over those."""
     from ..network.interface import voigt_from_outputs
 
     if len(records) == 0:

@@ -4,8 +4,7 @@
 keeps the crystals the model's head can learn, builds their graphs (cached on disk, see
 :func:`graphs_for_records`), turns each tensor into the irreps the head learns
 (:func:`e3elastic.network.interface.targets_from_voigt`), keeps every crystal's ln K_VRH and ln
-G_VRH
-(the only label of a K/G-only crystal, which enters training when ``train.moduli_weight`` > 0)
+G_VRH (the only label of a K/G-only crystal, which enters training when ``train.moduli_weight`` > 0)
 and chooses padded batch shapes from the training graphs' sizes. It needs neither JAX nor the
 optimizer, so evaluation can share it.
 

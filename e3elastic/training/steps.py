@@ -339,13 +339,11 @@ def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0, extra=None)
 
     With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
     ``n_sub`` padded sub-batches (one per device when sharded, see
-    :class:`e3elastic.training.parallel.DataParallel`); the loss is the mean over every real
-    crystal of
-    all sub-batches, so the result does not depend on how the sub-batches are spread over
+    :class:`e3elastic.training.parallel.DataParallel`); the loss is the mean over every real crystal
+    of all sub-batches, so the result does not depend on how the sub-batches are spread over
     devices. ``augment`` (see :func:`volume_augmentation`) is applied with a key derived from
-    ``(seed, step)``, so a resumed run draws the same scalings as an uninterrupted one;
-    ``step`` is unused without it. ``extra`` is added to each crystal's loss (see
-    :func:`per_graph_loss`).
+    ``(seed, step)``, so a resumed run draws the same scalings as an uninterrupted one; ``step`` is
+    unused without it. ``extra`` is added to each crystal's loss (see :func:`per_graph_loss`).
     """
     train_step = jax.jit(train_step_function(net, tx, n_sub, augment, seed, extra))
     return train_step, make_predict_step(net)
@@ -357,13 +355,12 @@ def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None, e
 
     ``inputs`` and ``targets`` hold a bucket's steps stacked on a leading axis (as
     :meth:`e3elastic.training.parallel.DataParallel.shard_steps` places them); step ``i`` of the
-    scan
-    trains on the stacked entry ``order[i]`` with the augmentation key of global step
-    ``steps[i]``, exactly as :func:`make_steps`' ``train_step(params, opt_state,
-    inputs[order[i]], targets[order[i]], steps[i])`` would. Params and optimizer state are
-    donated. Returns ``(params, opt_state, losses, bad)``: ``losses (n,)`` the loss of each
-    step, ``bad (n, [n_sub,] G)`` True where a graph slot's loss was not finite (replicated
-    over ``mesh``, so every process can read it).
+    scan trains on the stacked entry ``order[i]`` with the augmentation key of global step
+    ``steps[i]``, exactly as :func:`make_steps`' ``train_step(params, opt_state, inputs[order[i]],
+    targets[order[i]], steps[i])`` would. Params and optimizer state are donated. Returns ``(params,
+    opt_state, losses, bad)``: ``losses (n,)`` the loss of each step, ``bad (n, [n_sub,] G)`` True
+    where a graph slot's loss was not finite (replicated over ``mesh``, so every process can read
+    it).
     """
     step = train_step_function(net, tx, n_sub, augment, seed, extra)
 

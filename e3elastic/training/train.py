@@ -23,8 +23,7 @@
 4. after each epoch evaluate on the validation split, append one line to ``metrics.jsonl``
    (deterministic content only; wall times go to ``timing.jsonl``), save an orbax checkpoint
    of the :class:`~e3elastic.training.steps.TrainState`, and export the inference bundle ``best/``
-   when
-   validation error improves;
+   when validation error improves;
 5. stop early, at an evaluation, once ``patience`` epochs have passed since the best
    validation error, then evaluate the best weights on validation and test
    (``final_metrics.json``, :func:`e3elastic.training.evaluation.final_evaluation`).
@@ -40,8 +39,7 @@ exported, and the last good checkpoint on disk stays as it was; fix the data and
 it (``--resume``), or rerun with ``train.loop=python`` to stop at the step.
 
 Progress messages go to ``logging.getLogger("e3elastic.training.train")`` (the command line shows
-them
-on stderr); a progress bar (tqdm) is drawn on stderr when it is a terminal.
+them on stderr); a progress bar (tqdm) is drawn on stderr when it is a terminal.
 """
 
 from __future__ import annotations
