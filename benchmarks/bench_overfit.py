@@ -34,8 +34,9 @@ def overfit(tol: float, max_steps: int) -> dict:
 
     from e3elastic import config as cfg
     from e3elastic import graph as G
-    from e3elastic import tensors, train
-    from e3elastic.model import batch_inputs
+    from e3elastic import tensors
+    from e3elastic.network.model import batch_inputs
+    from e3elastic.training import train
 
     t0 = time.perf_counter()
     target = np.zeros((6, 6))

@@ -3,10 +3,10 @@
     python benchmarks/bench_peer.py [--data DIR] [--n 128] [--rounds 5] [--threads N]
 
 The PyTorch side is the port in ``peer_torch.py`` (weights copied in by ``peer_weights.py``):
-:class:`e3elastic.model.ElasticityNet` (the ``default`` config's architecture) module by module
-in e3nn, up to the 21 output irreps.
-The head (``log``) only post-processes these 21 numbers, so it is left out of both sides.
-This script is the runner: it checks the port against JAX, then times both.
+:class:`e3elastic.network.model.ElasticityNet` (the ``default`` config's architecture) module by
+module in e3nn, up to the 21 output irreps. The head (``log``) only post-processes these 21 numbers,
+so it is left out of both sides. This script is the runner: it checks the port against JAX, then
+times both.
 
 What the script checks before timing:
 
@@ -18,7 +18,7 @@ What the script checks before timing:
 Crystals: the first ``--n`` matminer 2015 crystals of e3elastic's PBE data set
 (:func:`e3elastic.data.load_dataset` on ``--data``, default ``$E3ELASTIC_DATA`` or
 ``../shared/data``), made into graphs and padded batches by :mod:`e3elastic.graph` and
-:func:`e3elastic.model.batch_inputs`; both networks read the same numpy arrays. Timed, in
+:func:`e3elastic.network.model.batch_inputs`; both networks read the same numpy arrays. Timed, in
 alternating rounds (a JAX round, then a PyTorch round, one pass over all batches each):
 training steps (forward, masked MSE on the 21 outputs against fixed random targets, backward,
 Adam) and forward passes, float32 on the CPU, with as many PyTorch threads as XLA uses.
@@ -63,7 +63,7 @@ def compare_gradients(net, params, port, inputs, targets) -> tuple[float, float]
     import jax
     import jax.numpy as jnp
 
-    from e3elastic.checkpoint import flatten_params
+    from e3elastic.training.checkpoint import flatten_params
 
     def loss(p):
         y = net.apply(p, inputs)
@@ -125,9 +125,10 @@ def main() -> None:
     import optax
 
     import e3elastic
-    from e3elastic import checkpoint, graph, train
     from e3elastic import config as cfg
-    from e3elastic.model import batch_inputs
+    from e3elastic import graph
+    from e3elastic.network.model import batch_inputs
+    from e3elastic.training import checkpoint, train
 
     torch.set_num_threads(args.threads)
     config = cfg.default()

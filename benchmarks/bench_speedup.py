@@ -31,8 +31,9 @@ def main() -> None:
     import jax
 
     from e3elastic import config as cfg
-    from e3elastic import data, graph, train
-    from e3elastic.model import batch_inputs
+    from e3elastic import data, graph
+    from e3elastic.network.model import batch_inputs
+    from e3elastic.training import train
 
     variants = {
         "first": cfg.default().override(["model.even_last_layer=false"]),

@@ -1,7 +1,7 @@
 """The edge tensor product of the default network's second block: e3nn-jax's per-path
-``e3nn.tensor_product`` against ``e3elastic.model.edge_tensor_product`` (one contraction per
-input irrep), each followed by the per-path weights and the scatter to receivers; the weights
-applied as e3nn-jax's ``IrrepsArray * array`` or by ``e3elastic.model.scale_paths``.
+``e3nn.tensor_product`` against ``e3elastic.network.kernels.edge_tensor_product`` (one contraction
+per input irrep), each followed by the per-path weights and the scatter to receivers; the weights
+applied as e3nn-jax's ``IrrepsArray * array`` or by ``e3elastic.network.kernels.scale_paths``.
 
     python benchmarks/bench_tensor_product.py [--edges 5440] [--rounds 5]
 
@@ -42,7 +42,7 @@ def main() -> None:
     import numpy as np
     from _env import environment
 
-    from e3elastic.model import edge_tensor_product, scale_paths
+    from e3elastic.network.kernels import edge_tensor_product, scale_paths
 
     n_edge, n_node = args.edges, max(1, args.edges // 8)
     rng = np.random.default_rng(0)

@@ -9,11 +9,11 @@ times jitted train steps (compile reported separately). Prints a table and write
 benchmarks/results/train_<config>.json with the device and versions.
 
 With ``--loops`` it instead times whole epochs of the two training loops of ``train.loop`` on
-the same steps (:func:`e3elastic.train.plan_steps`, :func:`e3elastic.train.epoch_order`):
-``python`` (one jitted step per batch, fed from the host, loss read after each) and ``scan``
-(each bucket's batches put on the device once, one ``lax.scan`` per bucket and epoch, one
-fetch per bucket). Epoch 0 includes compilation; ``crystals_per_s`` is over the later epochs.
-Writes benchmarks/results/train_loops_<config>.json.
+the same steps (:func:`e3elastic.training.train.plan_steps`,
+:func:`e3elastic.training.train.epoch_order`): ``python`` (one jitted step per batch, fed from the
+host, loss read after each) and ``scan`` (each bucket's batches put on the device once, one
+``lax.scan`` per bucket and epoch, one fetch per bucket). Epoch 0 includes compilation;
+``crystals_per_s`` is over the later epochs. Writes benchmarks/results/train_loops_<config>.json.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def main() -> None:
 
     import jax
 
-    from e3elastic import graph, train
-    from e3elastic.model import batch_inputs
+    from e3elastic import graph
+    from e3elastic.network.model import batch_inputs
+    from e3elastic.training import train
 
     config, graphs, targets, buckets = _setup(args)
     net = train.create_model(config)
@@ -129,8 +130,9 @@ def compare_loops(args) -> None:
     """Crystals/s per epoch of ``train.loop`` python and scan on the same steps."""
     import jax
 
-    from e3elastic import graph, train
-    from e3elastic.model import batch_inputs
+    from e3elastic import graph
+    from e3elastic.network.model import batch_inputs
+    from e3elastic.training import train
 
     config, graphs, targets, buckets = _setup(args)
     dtype = np.float32

@@ -1,6 +1,6 @@
 """e3elastic's default network ported to PyTorch + e3nn, for benchmarks/bench_peer.py.
 
-A module-by-module port of :class:`e3elastic.model.ElasticityNet` (the ``default`` config's
+A module-by-module port of :class:`e3elastic.network.model.ElasticityNet` (the ``default`` config's
 architecture) to e3nn (``o3.FullTensorProduct``, ``o3.Linear``, ``o3.SphericalHarmonics``,
 ``o3.ElementwiseTensorProduct``), up to the 21 output irreps: spherical harmonics, enveloped
 Bessel basis, radial MLP, species/descriptor and theory embedding, the tensor-product
@@ -34,7 +34,8 @@ def _jax_irrep_key(ir) -> tuple[int, int]:
 
 
 def _gate_irreps(hidden):
-    """Input irreps of a gate producing ``hidden``; mirrors ``e3elastic.model._gate_irreps``."""
+    """Input irreps of a gate producing ``hidden``; mirrors
+    ``e3elastic.network.model._gate_irreps``."""
     scalars = o3.Irreps([(m, ir) for m, ir in hidden if ir.l == 0])
     others = o3.Irreps([(m, ir) for m, ir in hidden if ir.l > 0])
     return (scalars + o3.Irreps(f"{others.num_irreps}x0e") + others).simplify()
@@ -65,7 +66,8 @@ def _gelu(x):
 class TorchRadialBasis(torch.nn.Module):
     """Bessel basis times the polynomial cutoff envelope, ``(E,) -> (E, n_radial)``.
 
-    Mirrors ``e3nn_jax.bessel(length, n_radial, cutoff) * e3elastic.model._envelope(x, p)``.
+    Mirrors
+    ``e3nn_jax.bessel(length, n_radial, cutoff) * e3elastic.network.kernels.envelope(x, p)``.
     """
 
     def __init__(self, n_radial: int, cutoff: float, p: int):
@@ -94,8 +96,8 @@ class TorchRadialBasis(torch.nn.Module):
 class TorchRadialMLP(torch.nn.Module):
     """Radial basis ``(E, n_radial)`` -> per-path weights ``(E, n_out)``.
 
-    Mirrors ``e3elastic.model.RadialMLP`` (flax ``Dense`` layers with biases and SiLU), so it
-    is plain ``torch.nn.Linear`` rather than e3nn's ``FullyConnectedNet`` (no biases, weights
+    Mirrors ``e3elastic.network.model.RadialMLP`` (flax ``Dense`` layers with biases and SiLU), so
+    it is plain ``torch.nn.Linear`` rather than e3nn's ``FullyConnectedNet`` (no biases, weights
     scaled by ``1/sqrt(fan_in)`` in the forward, normalised activations).
     """
 
@@ -117,7 +119,7 @@ class TorchRadialMLP(torch.nn.Module):
 class TorchSpeciesEmbedding(torch.nn.Module):
     """Initial atom scalars ``(N, n_scalar)`` from species and level of theory.
 
-    Mirrors ``e3elastic.model.SpeciesEmbedding`` (``element_descriptors``: an MLP of the
+    Mirrors ``e3elastic.network.model.SpeciesEmbedding`` (``element_descriptors``: an MLP of the
     element's standardised descriptors plus a per-element correction; ``n_theories``: a learned
     vector per level of theory added to every atom of the crystal), and the plain species table
     of configs without either.
@@ -127,7 +129,7 @@ class TorchSpeciesEmbedding(torch.nn.Module):
         super().__init__()
         self.use_descriptors = bool(config.element_descriptors)
         if self.use_descriptors:
-            from e3elastic.elements import descriptor_table
+            from e3elastic.network.elements import descriptor_table
 
             table = torch.tensor(
                 np.asarray(descriptor_table()[: config.n_species]), dtype=torch.float32
@@ -211,7 +213,7 @@ def _path_factor(out, sh, ir) -> float:
 class TorchInteraction(torch.nn.Module):
     """One point convolution with self-interaction, gate and skip connection.
 
-    Mirrors ``e3elastic.model.Interaction``: the full tensor product ``x[senders] (x) sh``
+    Mirrors ``e3elastic.network.model.Interaction``: the full tensor product ``x[senders] (x) sh``
     (``o3.FullTensorProduct``, every path whose output irrep the gate reads, outputs sorted,
     component normalisation), each output irrep copy scaled by one weight from the radial MLP
     (one weight per path and channel), summed on receivers and divided by
@@ -253,12 +255,12 @@ class TorchInteraction(torch.nn.Module):
         self.gate = TorchGate(hidden)
         self.skip = o3.Linear(irreps_in, hidden)
         self.irreps_out = hidden
-        # scalar inputs: mix on the edges, as e3elastic.model.Interaction._scalar_messages does
+        # scalar inputs: mix on the edges (as e3elastic.network.model.Interaction._scalar_messages)
         self.scalar_input = irreps_in.lmax == 0 and len(irreps_in) == 1
         if self.scalar_input:
             self._setup_scalar(irreps_in, irreps_sh, irreps_msg, gate_in)
         # other inputs led by scalars: those are weighted and summed path by path, as
-        # e3elastic.model.summed_messages does; the rest goes through e3nn's product
+        # e3elastic.network.kernels.summed_messages does; the rest goes through e3nn's product
         self.split_scalars = not self.scalar_input and irreps_in[0].ir == o3.Irrep("0e")
         if self.split_scalars:
             self._setup_split(irreps_in, irreps_sh, irreps_msg, wanted)
@@ -371,7 +373,8 @@ class TorchInteraction(torch.nn.Module):
 
 
 class TorchElasticityNet(torch.nn.Module):
-    """Crystal graphs -> normalised irreps ``(G, 21)``; mirrors ``e3elastic.model.ElasticityNet``.
+    """Crystal graphs -> normalised irreps ``(G, 21)``; mirrors
+    ``e3elastic.network.model.ElasticityNet``.
 
     Edge vectors from positions, lattices and cell shifts, spherical harmonics (component
     normalisation) and the enveloped Bessel basis; species embedding; ``n_layers`` interaction
@@ -448,6 +451,6 @@ def to_torch(inputs: dict[str, np.ndarray]) -> dict:
 
 def torch_loss(y, targets, graph_mask):
     """Masked mean over real crystals of the mean squared error over the 21 outputs (the loss of
-    ``e3elastic.train.make_steps``)."""
+    ``e3elastic.training.train.make_steps``)."""
     per_graph = ((y - targets) ** 2).mean(dim=-1)
     return (per_graph * graph_mask).sum() / torch.clamp(graph_mask.sum(), min=1.0)

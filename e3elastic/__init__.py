@@ -4,9 +4,8 @@
   trained E(3)-equivariant network (:mod:`e3elastic.inference`);
 * :mod:`e3elastic.tensors` - pure-numpy elasticity tensor algebra (Voigt, Mandel, Cartesian,
   irreducible 2x0e+2x2e+1x4e form, rotations, symmetrisation, derived moduli);
-* :mod:`e3elastic.data`, :mod:`e3elastic.graph`, :mod:`e3elastic.model`,
-  :mod:`e3elastic.train`, :mod:`e3elastic.checkpoint` - datasets, crystal graphs, the network,
-  training and checkpoints.
+* :mod:`e3elastic.data`, :mod:`e3elastic.graph`, :mod:`e3elastic.network`,
+  :mod:`e3elastic.training` - datasets, crystal graphs, the network, training and checkpoints.
 
 Importing the package is cheap: JAX and pymatgen load only in the modules that need them, and
 ``predict``/``load_model`` load on first use.

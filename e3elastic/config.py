@@ -116,7 +116,7 @@ class ModelConfig:
             output, and the loss is the log-Euclidean distance (relative errors).
         log_reference: the stiffness unit of the ``log`` head (GPa).
         element_descriptors: species enter through physical descriptors of the element
-            (:mod:`e3elastic.elements`) plus a learned per-element correction that starts at
+            (:mod:`e3elastic.network.elements`) plus a learned per-element correction that starts at
             zero, so an element never seen in training is placed by its chemistry.
         n_theories: number of levels of theory the model distinguishes (``THEORIES``; 0: no
             theory input). Each gets a learned vector added to every atom's scalars.
@@ -197,13 +197,13 @@ class TrainConfig:
     epoch; validation, test and the normalisation statistics still count each crystal once.
 
     ``frobenius_weight`` > 0 adds that weight times each crystal's squared relative Frobenius
-    error of C (the accuracy metric) to its loss (:func:`e3elastic.steps.frobenius_term`).
+    error of C (the accuracy metric) to its loss (:func:`e3elastic.training.steps.frobenius_term`).
 
     Moduli: ``moduli_weight`` > 0 trains on the crystals that have only K_VRH and G_VRH: each
     one's loss is that weight times ``(ln K_pred - ln K)^2 + (ln G_pred - ln G)^2``, with the
-    Voigt-Reuss-Hill averages of the predicted C (:func:`e3elastic.steps.moduli_term`). With 0
-    they stay out of training. ``moduli_weight_tensor`` adds the same term, with its own weight,
-    to the crystals that have a full tensor.
+    Voigt-Reuss-Hill averages of the predicted C (:func:`e3elastic.training.steps.moduli_term`).
+    With 0 they stay out of training. ``moduli_weight_tensor`` adds the same term, with its own
+    weight, to the crystals that have a full tensor.
     """
 
     seed: int = 0

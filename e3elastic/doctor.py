@@ -67,8 +67,8 @@ def training_check(steps: int = 10, batch: int = 8) -> dict[str, float]:
 
     from . import config as config_mod
     from . import graph as graph_mod
-    from . import steps as steps_mod
-    from .model import batch_inputs
+    from .network.model import batch_inputs
+    from .training import steps as steps_mod
 
     cfg = config_mod.tiny()
     structures = _example_structures()

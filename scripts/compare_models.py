@@ -27,8 +27,8 @@ import numpy as np
 
 
 def _rows(model, records, reference: set[str]) -> dict[str, dict]:
-    from e3elastic import metrics
-    from e3elastic.evaluation import predict_records
+    from e3elastic.training import metrics
+    from e3elastic.training.evaluation import predict_records
 
     ev = predict_records(model, records)
     pred = ev.mean

@@ -7,16 +7,16 @@ scripts/train_ensemble.sh), all trained on the same split. For every crystal the
 and standard deviation (over members) are compared with the DFT tensor, per Voigt component
 that the crystal's symmetry leaves free (upper triangle) and for K_VRH and G_VRH.
 
-The fit (``e3elastic.evaluation.fit_sigma_scale``): on the validation crystals, the factor s
-per quantity is the 95th percentile of |error| / sigma divided by 1.96, so that s * sigma is a
+The fit (``e3elastic.training.evaluation.fit_sigma_scale``): on the validation crystals, the factor
+s per quantity is the 95th percentile of |error| / sigma divided by 1.96, so that s * sigma is a
 Gaussian-calibrated standard deviation there. The factors go into
-``ENSEMBLE_FOLDER/calibration.json`` (``sigma_scale``), which ``load_model`` applies; the test
-split is used only to report coverage within 1 and 2 sigma, raw and calibrated (a calibrated
-Gaussian covers 0.68 and 0.95).
+``ENSEMBLE_FOLDER/calibration.json`` (``sigma_scale``), which ``load_model`` applies; the test split
+is used only to report coverage within 1 and 2 sigma, raw and calibrated (a calibrated Gaussian
+covers 0.68 and 0.95).
 
 The 68 % and 95 % intervals of K_VRH, G_VRH and Young's modulus live in log space
-(``e3elastic.evaluation.fit_interval_scale``): q_mean * exp(+-k w), w = sqrt(s^2 + f^2), s the
-members' standard deviation of ln q and f a floor for the error they share. On the validation
+(``e3elastic.training.evaluation.fit_interval_scale``): q_mean * exp(+-k w), w = sqrt(s^2 + f^2), s
+the members' standard deviation of ln q and f a floor for the error they share. On the validation
 crystals, k per quantity and level is that level's quantile of |ln(q_DFT / q_mean)| / w, and the
 floor is the one giving the narrowest 95 % intervals. They go into ``calibration.json`` as
 ``interval_scale``; the test split reports how often the DFT value falls inside.
@@ -35,8 +35,9 @@ def main() -> int:
     ap.add_argument("folder")
     ap.add_argument("--data", default=None)
     args = ap.parse_args()
-    from e3elastic import evaluation, inference, metrics, runtime
+    from e3elastic import inference, runtime
     from e3elastic.cli import show_messages
+    from e3elastic.training import evaluation, metrics
 
     show_messages()  # progress messages on stderr
     runtime.enable_compilation_cache()

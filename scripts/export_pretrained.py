@@ -108,7 +108,7 @@ def main() -> int:
     minutes = sum(t["seconds"] for t in timing) / 60
     readme = f"""# Shipped model `{args.name}`
 
-E(3)-equivariant network (`e3elastic.model.ElasticityNet`, config `{cfg.get("name")}`:
+E(3)-equivariant network (`e3elastic.network.model.ElasticityNet`, config `{cfg.get("name")}`:
 {cfg["model"]["n_layers"]} interaction blocks, hidden irreps `{cfg["model"]["hidden_irreps"]}`,
 spherical harmonics to l = {cfg["model"]["sh_lmax"]}, cutoff {cfg["model"]["cutoff"]} Å).
 

@@ -34,9 +34,11 @@ def main() -> None:
     from jax import export
 
     jax.config.update("jax_platforms", "cpu")
-    from e3elastic import bundle, inference, interface, programs
+    from e3elastic import inference
     from e3elastic.files import atomic_write
-    from e3elastic.model import ElasticityNet
+    from e3elastic.inference import bundle, programs
+    from e3elastic.network import interface
+    from e3elastic.network.model import ElasticityNet
 
     model = inference.load_model(args.model)
     params = model.members[0][0]

@@ -1,6 +1,6 @@
-"""Write ``e3elastic/element_descriptors.json``: physical descriptors of elements Z = 1..100.
+"""Write ``e3elastic/network/element_descriptors.json``: descriptors of elements Z = 1..100.
 
-The model's species embedding reads this table (see :mod:`e3elastic.elements`), so that an
+The model's species embedding reads this table (see :mod:`e3elastic.network.elements`), so that an
 element with few or no training crystals is placed by its chemistry rather than by an untrained
 table row. Values come from pymatgen's periodic table; the file is committed so that predictions
 do not change when pymatgen's data does. Rerun only to change the descriptor set (a model trained
@@ -16,7 +16,7 @@ import math
 import warnings
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "e3elastic" / "element_descriptors.json"
+OUT = Path(__file__).resolve().parents[1] / "e3elastic" / "network" / "element_descriptors.json"
 N_ELEMENTS = 100
 
 
@@ -85,7 +85,7 @@ def main() -> None:
     symbols = [Element.from_Z(z).symbol for z in range(1, N_ELEMENTS + 1)]
     doc = {
         "about": "Raw element descriptors (pymatgen periodic table); NaN written as null. "
-        "e3elastic.elements normalises them and adds missing-value flags.",
+        "e3elastic.network.elements normalises them and adds missing-value flags.",
         "names": names,
         "symbols": symbols,
         "values": [[None if math.isnan(v) else round(v, 6) for v in row] for row in rows],

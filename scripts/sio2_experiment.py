@@ -49,8 +49,9 @@ def main() -> int:
     t0 = time.perf_counter()
 
     from e3elastic import config as cfg
-    from e3elastic import data, inference, metrics, runtime, train
+    from e3elastic import data, inference, runtime
     from e3elastic.cli import show_messages
+    from e3elastic.training import metrics, train
 
     show_messages()  # epoch lines and other progress on stderr
     runtime.enable_compilation_cache()

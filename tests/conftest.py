@@ -146,9 +146,9 @@ def tiny_model(tmp_path_factory):
     """A loaded ``tiny`` model with random weights (seed 0): predictions are arbitrary but
     deterministic. Shared by the reliability and fuzz tests, so its programs compile once."""
     pytest.importorskip("jax")
-    from e3elastic import checkpoint as ckpt
     from e3elastic import config as cfg
     from e3elastic import inference
+    from e3elastic.training import checkpoint as ckpt
 
     config = cfg.tiny()
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Domain warnings on predictions (e3elastic.domain through e3elastic.predict, shipped model).
+"""Domain warnings on predictions (inference.domain through e3elastic.predict, shipped model).
 
 Out-of-domain inputs built here must raise exactly the documented codes that their geometry
 calls for (worked out by hand below); the example CIFs must raise none, and the held-out test
@@ -18,7 +18,8 @@ from conftest import model_records
 from pymatgen.core import Lattice, Structure
 
 import e3elastic
-from e3elastic import domain, runtime
+from e3elastic import runtime
+from e3elastic.inference import domain
 
 runtime.enable_compilation_cache()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -37,11 +38,11 @@ def _fcc(el, a):
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [el], [[0, 0, 0]])
 
 
-# Expected codes, worked out by hand from the thresholds in e3elastic/domain.py and the covalent
-# radii (Cordero 2008, as tabulated in pymatgen): C 0.73, O 0.66, Na 1.66, Cl 1.02, Si 1.11,
-# Ne 0.58, Ar 1.06, Kr 1.16, Xe 1.40 Angstrom. The shipped model's training set holds at most
-# 103.8 A^3 per atom (low-density above 207.5), 1 crystal with Kr (rare below 3) and none with
-# Ne, Ar or Xe (its info.json). Nearest-neighbour ratio = distance / sum of covalent radii.
+# Expected codes, worked out by hand from the thresholds in e3elastic/inference/domain.py and
+# the covalent radii (Cordero 2008, as tabulated in pymatgen): C 0.73, O 0.66, Na 1.66, Cl 1.02,
+# Si 1.11, Ne 0.58, Ar 1.06, Kr 1.16, Xe 1.40 Angstrom. The shipped model's training set holds
+# at most 103.8 A^3 per atom (low-density above 207.5), 1 crystal with Kr (rare below 3) and none
+# with Ne, Ar or Xe (its info.json). Nearest-neighbour ratio = distance / sum of covalent radii.
 def _nacl_conventional(a):
     return Structure.from_spacegroup(
         "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]

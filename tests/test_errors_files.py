@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from e3elastic import checkpoint, data, evaluation, graph, inference, train
+from e3elastic import data, graph, inference
 from e3elastic.errors import E3ElasticError, short_error
 from e3elastic.files import atomic_write
+from e3elastic.training import checkpoint, evaluation, train
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,10 @@ from conftest import quartz_structure, random_model_stats, rotated_structure
 
 jax = pytest.importorskip("jax")
 
-from e3elastic import bundle, cli, inference, runtime, tensors  # noqa: E402
-from e3elastic import checkpoint as ckpt  # noqa: E402
+from e3elastic import cli, inference, runtime, tensors  # noqa: E402
 from e3elastic import config as cfg  # noqa: E402
+from e3elastic.inference import bundle  # noqa: E402
+from e3elastic.training import checkpoint as ckpt  # noqa: E402
 
 runtime.enable_compilation_cache()
 
@@ -229,7 +230,7 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys):
 def test_one_input_gives_one_prediction_object(model_dir, tmp_path):
     from pymatgen.core import Structure
 
-    from e3elastic.prediction import Prediction
+    from e3elastic.inference.prediction import Prediction
 
     s = quartz_structure()
     s.to(filename=str(tmp_path / "q.cif"))
@@ -433,7 +434,7 @@ def _synthetic_ensemble(seed, n=300, members=5, bias=3.0, sigma=2.0):
     """Members = truth + a shared error (bias x sigma) + their own spread (sigma), in GPa."""
     from types import SimpleNamespace
 
-    from e3elastic import evaluation
+    from e3elastic.training import evaluation
 
     rng = np.random.default_rng(seed)
     base = np.zeros((6, 6))
@@ -451,7 +452,7 @@ def _synthetic_ensemble(seed, n=300, members=5, bias=3.0, sigma=2.0):
 
 
 def test_sigma_scale_fit_calibrates_an_overconfident_ensemble():
-    from e3elastic import evaluation
+    from e3elastic.training import evaluation
 
     fit_on, check_on = _synthetic_ensemble(0), _synthetic_ensemble(1)
     scale = evaluation.fit_sigma_scale(fit_on)
@@ -491,7 +492,7 @@ def test_parameter_shapes_are_cached_on_disk(tmp_path, monkeypatch):
 
 def test_a_later_process_reuses_the_stored_program(model_dir, tmp_path, monkeypatch):
     pytest.importorskip("flatbuffers")
-    from e3elastic.model import ElasticityNet
+    from e3elastic.network.model import ElasticityNet
 
     monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path))
     first = inference.predict(quartz_structure(), model=inference.load_model(model_dir))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from e3elastic import tensors
-from e3elastic.prediction import INTERVAL_LEVELS, moduli_intervals
+from e3elastic.inference.prediction import INTERVAL_LEVELS, moduli_intervals
 
 
 def _iso(k, g):
@@ -60,7 +60,7 @@ def test_fitted_floor_and_half_width_are_used():
 def _synthetic(rng, n, n_members=5, shared=0.15, own=0.03):
     """An ensemble whose members share a log error of size ``shared`` and scatter by
     ``own``: Evaluated-like (records with a true tensor, member tensors)."""
-    from e3elastic.evaluation import Evaluated
+    from e3elastic.training.evaluation import Evaluated
 
     k_true = rng.uniform(20, 300, n)
     g_true = k_true * rng.uniform(0.2, 0.8, n)
@@ -75,7 +75,7 @@ def _synthetic(rng, n, n_members=5, shared=0.15, own=0.03):
 
 
 def test_calibration_covers_new_data_and_finds_the_shared_error(rng):
-    from e3elastic.evaluation import fit_interval_scale, interval_coverage
+    from e3elastic.training.evaluation import fit_interval_scale, interval_coverage
 
     val, test = _synthetic(rng, 600), _synthetic(rng, 600)
     scale = fit_interval_scale(val)
@@ -95,13 +95,11 @@ def test_calibration_covers_new_data_and_finds_the_shared_error(rng):
 def test_floor_gives_narrower_intervals_than_scaling_the_spread(rng):
     """Same coverage on the fit set, but a floor beats one big factor on the spread when
     the members share most of their error."""
-    from e3elastic.evaluation import fit_interval_scale, interval_coverage
+    from e3elastic.training.evaluation import fit_interval_scale, interval_coverage
 
     val = _synthetic(rng, 600, own=0.05)
     scale = fit_interval_scale(val)
-    no_floor = {
-        q: {**s, "floor": 0.0, "95": _k95_without_floor(val, q)} for q, s in scale.items()
-    }
+    no_floor = {q: {**s, "floor": 0.0, "95": _k95_without_floor(val, q)} for q, s in scale.items()}
     with_floor, without = interval_coverage(val, scale), interval_coverage(val, no_floor)
     assert without["K_VRH"]["within_95"] == pytest.approx(0.95, abs=0.01)
     assert with_floor["K_VRH"]["median_width_95"] < without["K_VRH"]["median_width_95"]
@@ -126,7 +124,7 @@ def _k95_without_floor(ev, q):
 
 def test_table_and_csv_show_the_intervals():
     from e3elastic.cli.predict import format_predictions
-    from e3elastic.prediction import Prediction
+    from e3elastic.inference.prediction import Prediction
 
     members = _iso(np.array([90.0, 100.0, 110.0]), np.array([45.0, 50.0, 55.0]))
     p = Prediction.from_voigt(members.mean(axis=0), file="x.cif", formula="X")

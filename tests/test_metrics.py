@@ -1,4 +1,4 @@
-"""e3elastic.metrics.tensor_metrics and evaluation.baselines against values worked out here.
+"""training.metrics.tensor_metrics and evaluation.baselines against values worked out here.
 
 Every expectation is computed in this file from closed forms (numpy only): the Frobenius norm of
 C_ijkl from its Voigt matrix (weights 1, 2 and 4 for normal-normal, normal-shear and shear-shear
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from e3elastic import metrics
+from e3elastic.training import metrics
 
 # Voigt weight of each component in the Frobenius norm of the 3x3x3x3 tensor
 WEIGHT = np.ones((6, 6))
@@ -144,7 +144,7 @@ def _record(voigt, system):
 
 
 def test_baselines_predict_the_training_means():
-    from e3elastic import evaluation
+    from e3elastic.training import evaluation
 
     a, b, h = cubic(166.0, 64.0, 79.6), cubic(297.0, 95.0, 156.0), TRUE[1]
     cubic_mean, overall = (a + b) / 2, (a + b + h) / 3

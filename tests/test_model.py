@@ -16,7 +16,7 @@ jax = pytest.importorskip("jax")
 from e3elastic import config as cfg  # noqa: E402
 from e3elastic import graph as G  # noqa: E402
 from e3elastic import runtime, tensors  # noqa: E402
-from e3elastic.model import ElasticityNet, batch_inputs, irrep_stats  # noqa: E402
+from e3elastic.network.model import ElasticityNet, batch_inputs, irrep_stats  # noqa: E402
 
 runtime.enable_compilation_cache()
 
@@ -192,7 +192,7 @@ def test_irrep_stats_normalise_each_irrep(rng):
 def test_output_irreps_follow_the_one_layout():
     import e3nn_jax as e3nn
 
-    from e3elastic.model import OUTPUT_IRREPS
+    from e3elastic.network.model import OUTPUT_IRREPS
 
     assert OUTPUT_IRREPS == e3nn.Irreps("2x0e+2x2e+1x4e")
     assert OUTPUT_IRREPS.dim == tensors.N_IRREPS == 21
@@ -210,8 +210,8 @@ def test_output_irreps_follow_the_one_layout():
 
 
 def test_dummy_inputs_match_a_real_batch():
-    from e3elastic.interface import INPUT_FIELDS, dummy_inputs
-    from e3elastic.programs import inference_buckets
+    from e3elastic.inference.programs import inference_buckets
+    from e3elastic.network.interface import INPUT_FIELDS, dummy_inputs
 
     g = G.structure_to_graph(_nacl(), cfg.tiny().model.cutoff, id="nacl")
     [b] = list(G.batches([g], batch_size=1, buckets=inference_buckets([g], 1)))
@@ -229,7 +229,7 @@ def test_dummy_inputs_match_a_real_batch():
 
 def _head_tensors(run, structures, dtype):
     """Voigt stiffness (GPa) from the tiny model's log head, via its denormalised outputs."""
-    from e3elastic.model import voigt_from_outputs
+    from e3elastic.network.model import voigt_from_outputs
 
     assert run.cfg.model.head == "log"
     y = tensors.cartesian_to_irreps(run(structures, dtype))  # (n, 21) normalised outputs
@@ -278,7 +278,7 @@ def test_expm_head_gradient_is_finite_at_degenerate_eigenvalues():
     # Mandel eigenvalues repeat; eigh's gradient is infinite there, expm's is not.
     import jax.numpy as jnp
 
-    from e3elastic.model import voigt_from_outputs, voigt_from_outputs_jax
+    from e3elastic.network.model import voigt_from_outputs, voigt_from_outputs_jax
 
     config = cfg.tiny().model
     silicon = _SILICON
@@ -314,9 +314,9 @@ def test_frobenius_loss_term_is_the_squared_metric(head, rng):
     # (full 3x3x3x3 tensors), through normalised outputs with non-trivial statistics.
     import jax.numpy as jnp
 
-    from e3elastic import metrics
-    from e3elastic.model import targets_from_voigt
-    from e3elastic.steps import frobenius_term
+    from e3elastic.network.model import targets_from_voigt
+    from e3elastic.training import metrics
+    from e3elastic.training.steps import frobenius_term
 
     config = cfg.tiny().override([f"model.head={head}", "train.frobenius_weight=2.5"])
 
@@ -347,8 +347,8 @@ def test_frobenius_loss_gradient_is_finite_at_a_cubic_crystal(dtype):
     # eigenvalues), at the target itself and near it.
     import jax.numpy as jnp
 
-    from e3elastic.model import targets_from_voigt
-    from e3elastic.steps import frobenius_term
+    from e3elastic.network.model import targets_from_voigt
+    from e3elastic.training.steps import frobenius_term
 
     config = cfg.tiny().override(["train.frobenius_weight=1.0"])
     t = targets_from_voigt(_SILICON[None], config.model)
@@ -365,8 +365,8 @@ def test_frobenius_loss_gradient_is_finite_at_a_cubic_crystal(dtype):
 def test_unseen_element_embedding_is_finite_and_chemical():
     # Xe and Kr never occur in the training data; Fe does. The embedding of a species is the
     # model's first-layer scalars for one isolated-looking atom type.
-    from e3elastic.elements import descriptor_table
-    from e3elastic.model import SpeciesEmbedding
+    from e3elastic.network.elements import descriptor_table
+    from e3elastic.network.model import SpeciesEmbedding
 
     config = cfg.tiny().model
     mod = SpeciesEmbedding(config, 8)
@@ -406,7 +406,7 @@ def test_edge_tensor_product_is_e3nns_tensor_product(irreps_in, filter_out):
     import e3nn_jax as e3nn
     import jax.numpy as jnp
 
-    from e3elastic.model import edge_tensor_product
+    from e3elastic.network.kernels import edge_tensor_product
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
@@ -427,7 +427,7 @@ def test_edge_tensor_product_derivatives_are_e3nns():
     import e3nn_jax as e3nn
     import jax.numpy as jnp
 
-    from e3elastic.model import edge_tensor_product
+    from e3elastic.network.kernels import edge_tensor_product
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
@@ -464,7 +464,7 @@ def test_scale_paths_is_e3nns_product_with_weights():
     import e3nn_jax as e3nn
     import jax.numpy as jnp
 
-    from e3elastic.model import scale_paths
+    from e3elastic.network.kernels import scale_paths
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
@@ -496,13 +496,8 @@ def test_scalar_block_mixes_on_edges_like_the_general_path(hidden, irreps_in):
     import e3nn_jax as e3nn
     import jax.numpy as jnp
 
-    from e3elastic.model import (
-        Interaction,
-        RadialMLP,
-        _gate_irreps,
-        edge_tensor_product,
-        scale_paths,
-    )
+    from e3elastic.network.kernels import edge_tensor_product, scale_paths
+    from e3elastic.network.model import Interaction, RadialMLP, _gate_irreps
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(2)
@@ -548,7 +543,7 @@ def test_summed_messages_are_the_scattered_weighted_tensor_product(irreps_in, fi
     import e3nn_jax as e3nn
     import jax.numpy as jnp
 
-    from e3elastic.model import edge_tensor_product, scale_paths, summed_messages
+    from e3elastic.network.kernels import edge_tensor_product, scale_paths, summed_messages
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(3)

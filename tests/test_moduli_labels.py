@@ -19,8 +19,9 @@ from pymatgen.analysis.elasticity import ElasticTensor
 from pymatgen.core import Lattice, Structure
 
 from e3elastic import config as cfg
-from e3elastic import data, metrics, tensors
+from e3elastic import data, tensors
 from e3elastic.cli import main
+from e3elastic.training import metrics
 
 # Silicon, Voigt (GPa)
 _SI = np.array(
@@ -248,8 +249,8 @@ def real_tensors(n: int = 40) -> np.ndarray:
 def test_moduli_term_is_pymatgens_vrh_on_real_tensors(head):
     import jax.numpy as jnp
 
-    from e3elastic.interface import targets_from_voigt
-    from e3elastic.steps import vrh_log_moduli_jax
+    from e3elastic.network.interface import targets_from_voigt
+    from e3elastic.training.steps import vrh_log_moduli_jax
 
     voigt = real_tensors()
     mc = cfg.ModelConfig(head=head)
@@ -265,8 +266,8 @@ def test_moduli_loss_weights_each_kind_of_crystal(head, rng):
     # its moduli, a tensor row its irreps error plus w_tensor * the same; checked with pymatgen
     import jax.numpy as jnp
 
-    from e3elastic.interface import targets_from_voigt
-    from e3elastic.steps import loss_terms, per_graph_loss, training_targets
+    from e3elastic.network.interface import targets_from_voigt
+    from e3elastic.training.steps import loss_terms, per_graph_loss, training_targets
 
     config = cfg.tiny().override(
         [f"model.head={head}", "train.moduli_weight=3.0", "train.moduli_weight_tensor=0.5"]
@@ -315,8 +316,8 @@ def test_moduli_loss_weights_each_kind_of_crystal(head, rng):
 def test_moduli_loss_gradient_is_finite_at_a_cubic_crystal(dtype):
     import jax.numpy as jnp
 
-    from e3elastic.interface import targets_from_voigt
-    from e3elastic.steps import moduli_term, training_targets
+    from e3elastic.network.interface import targets_from_voigt
+    from e3elastic.training.steps import moduli_term, training_targets
 
     config = cfg.tiny().override(["train.moduli_weight=1.0"])
     stats = {"shift": np.zeros(21), "scale": np.ones(21)}
@@ -342,8 +343,8 @@ def test_volume_augmentation_follows_murnaghan(head, rng):
     # lattice, and the law is applied here to the Voigt matrices themselves.
     import jax.numpy as jnp
 
-    from e3elastic.interface import targets_from_voigt, voigt_from_outputs
-    from e3elastic.steps import volume_augmentation
+    from e3elastic.network.interface import targets_from_voigt, voigt_from_outputs
+    from e3elastic.training.steps import volume_augmentation
 
     config = cfg.tiny().override(
         [
@@ -407,8 +408,8 @@ def test_moduli_metrics_by_hand():
 
 
 def test_evaluate_part_scores_each_kind_of_label():
-    from e3elastic.evaluation import evaluate_part
-    from e3elastic.interface import targets_from_voigt
+    from e3elastic.network.interface import targets_from_voigt
+    from e3elastic.training.evaluation import evaluate_part
 
     config = cfg.tiny()
     recs = [fake("t1", "Si"), fake("m1", "Si", tensor=False), fake("t2", "Si")]
@@ -438,7 +439,7 @@ def test_real_earlier_test_crystals_stay_in_test(real):
     # crystals; and the shipped bundle's own split is the data's split
     from pathlib import Path
 
-    from e3elastic.bundle import model_folder
+    from e3elastic.inference.bundle import model_folder
 
     ref = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "id_test_2026-11.json"
     old_test = set(json.loads(ref.read_text())["test"])

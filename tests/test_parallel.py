@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     from e3elastic import config as cfg, data, runtime, train
-    from e3elastic.prepare import messages_to
+    from e3elastic.training.prepare import messages_to
     runtime.enable_compilation_cache()
     f, workdir, cache, loop = sys.argv[1:5]
     config = cfg.tiny().override(["data.batch_size=2", "data.n_buckets=1", "train.epochs=2",

@@ -142,7 +142,7 @@ def test_unseen_element_lands_near_its_group_neighbour(model):
     import jax.numpy as jnp
 
     from e3elastic.graph import SYMBOLS
-    from e3elastic.model import SpeciesEmbedding
+    from e3elastic.network.model import SpeciesEmbedding
 
     counts = model.info["training_set"]["elements"]
     assert not {"Xe", "Rn", "Ne"} & set(counts)

@@ -1,4 +1,4 @@
-"""Programs of the network shipped with the package (e3elastic.programs)."""
+"""Programs of the network shipped with the package (e3elastic.inference.programs)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from conftest import quartz_structure
 
 jax = pytest.importorskip("jax")
 
-from e3elastic import bundle, graph, inference, interface, programs  # noqa: E402
+from e3elastic import graph, inference  # noqa: E402
+from e3elastic.inference import bundle, programs  # noqa: E402
+from e3elastic.network import interface  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STALE = "the shipped programs are stale: run `python scripts/export_programs.py` and commit"
@@ -43,7 +45,7 @@ def test_network_key_follows_the_model_config(default_model):
 
 
 def test_shipped_program_computes_what_the_traced_network_does(default_model):
-    from e3elastic.model import ElasticityNet
+    from e3elastic.network.model import ElasticityNet
 
     g = graph.structure_to_graph(quartz_structure(), default_model.config.model.cutoff)
     (bucket,) = programs.inference_buckets([g], 8)

@@ -62,9 +62,10 @@ jax = pytest.importorskip("jax")
 
 from test_train import ROCKSALT, _cubic_voigt  # noqa: E402
 
-from e3elastic import checkpoint as ckpt  # noqa: E402
 from e3elastic import config as cfg  # noqa: E402
-from e3elastic import data, inference, runtime, train  # noqa: E402
+from e3elastic import data, inference, runtime  # noqa: E402
+from e3elastic.training import checkpoint as ckpt  # noqa: E402
+from e3elastic.training import train  # noqa: E402
 
 JAX_CACHE = runtime.enable_compilation_cache()
 
@@ -635,7 +636,7 @@ def test_non_finite_loss_names_the_crystal_and_keeps_the_last_checkpoint(
     poisoned_irreps = {part: a.copy() for part, a in prep.irreps.items()}
     poisoned_irreps["train"][k, 0] = 1e300
     poisoned = dataclasses.replace(prep, irreps=poisoned_irreps)
-    from e3elastic import model as model_mod
+    from e3elastic.network import model as model_mod
 
     real_stats = model_mod.irrep_stats
     monkeypatch.setattr(model_mod, "irrep_stats", lambda irreps: real_stats(clean))

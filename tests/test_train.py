@@ -14,13 +14,14 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from e3elastic import checkpoint as ckpt  # noqa: E402
 from e3elastic import config as cfg  # noqa: E402
-from e3elastic import data, runtime, tensors, train  # noqa: E402
+from e3elastic import data, runtime, tensors  # noqa: E402
 from e3elastic import graph as G  # noqa: E402
 from e3elastic.cli import main  # noqa: E402
-from e3elastic.model import batch_inputs, irrep_stats  # noqa: E402
-from e3elastic.prepare import messages_to  # noqa: E402
+from e3elastic.network.model import batch_inputs, irrep_stats  # noqa: E402
+from e3elastic.training import checkpoint as ckpt  # noqa: E402
+from e3elastic.training import epochs, train  # noqa: E402
+from e3elastic.training.prepare import messages_to  # noqa: E402
 
 JAX_CACHE = runtime.enable_compilation_cache()
 
@@ -240,8 +241,8 @@ def _epochs(workdir):
 
 
 def _stop(config, with_val: bool = True, minutes_ago: float = 0.0):
-    """Run the end-of-epoch bookkeeping of the training loop (``train._validate`` then
-    ``train._should_stop``, as ``train`` calls them) on validation scores given per epoch;
+    """Run the end-of-epoch bookkeeping of the training loop (``epochs._validate`` then
+    ``epochs._should_stop``, as the loop calls them) on validation scores given per epoch;
     returns (the epoch it stops after or None, the best epoch)."""
     from types import SimpleNamespace
 
@@ -256,8 +257,8 @@ def _stop(config, with_val: bool = True, minutes_ago: float = 0.0):
     state = train.TrainState(params={}, opt_state={})
     for epoch in range(config.train.epochs):
         record = {"epoch": epoch, "train_loss": 1.0}
-        state, _ = train._validate(run, state, record)
-        if train._should_stop(run, state, epoch, "val" in record):
+        state, _ = epochs._validate(run, state, record)
+        if epochs._should_stop(run, state, epoch, "val" in record):
             return epoch, state.best_epoch
     return None, state.best_epoch
 
@@ -269,7 +270,7 @@ def test_patience_counts_epochs_since_the_best_evaluation(monkeypatch):
         evaluated.append(epoch_scores.pop(0))
         return {"rel_frobenius": evaluated[-1]}
 
-    monkeypatch.setattr(train, "evaluate_model", evaluate_model)
+    monkeypatch.setattr(epochs, "evaluate_model", evaluate_model)
     # eval_every 2: evaluations after epochs 1, 3, 5, ...; the first stays the best, so with
     # patience 3 training stops at the first evaluation 3 or more epochs later, epoch 5
     config = _config(epochs=10, eval_every=2, patience=3)
@@ -475,7 +476,7 @@ def test_a_float64_run_leaves_the_process_in_its_precision(tmp_path, x64_restore
 
 
 def test_take_lock_takes_over_a_stale_lock_only(tmp_path, caplog):
-    from e3elastic import rundir
+    from e3elastic.training import rundir
 
     caplog.set_level("INFO")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -598,7 +599,7 @@ def test_scan_loop_brings_results_back_once_per_bucket(sizes_dataset, tmp_path, 
     config = _loop_config("scan", epochs=2)
     prep = train.prepare_data(config, dataset=sizes_dataset)
     plans, fetches, calls, per_epoch = [], [], [], []
-    real_plan, real_fetch, real_scan = train.plan_steps, train._fetch, train.make_scan
+    real_plan, real_fetch, real_scan = train.plan_steps, epochs._fetch, train.make_scan
 
     def plan_steps(*a, **kw):
         plans.append(real_plan(*a, **kw))
@@ -626,7 +627,7 @@ def test_scan_loop_brings_results_back_once_per_bucket(sizes_dataset, tmp_path, 
             per_epoch.append((len(fetches), len(calls)))
 
     monkeypatch.setattr(train, "plan_steps", plan_steps)
-    monkeypatch.setattr(train, "_fetch", fetch)
+    monkeypatch.setattr(epochs, "_fetch", fetch)
     monkeypatch.setattr(train, "make_scan", make_scan)
     real_make_steps = train.make_steps
     monkeypatch.setattr(
@@ -644,7 +645,10 @@ def test_scan_loop_brings_results_back_once_per_bucket(sizes_dataset, tmp_path, 
 
 
 def test_evaluation_and_inference_do_not_import_the_optimizer():
-    code = "import sys, e3elastic.evaluation, e3elastic.inference; print('optax' in sys.modules)"
+    code = (
+        "import sys, e3elastic.training.evaluation, e3elastic.inference;"
+        " print('optax' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )

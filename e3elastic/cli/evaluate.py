@@ -13,8 +13,9 @@ from .output import check_output_path, show_messages, write_output
 
 
 def run_evaluation(args: argparse.Namespace) -> dict:
-    """:func:`e3elastic.evaluation.evaluate` of ``--model`` on ``--data``, ``--split``."""
-    from e3elastic import evaluation, runtime
+    """:func:`e3elastic.training.evaluation.evaluate` of ``--model`` on ``--data``, ``--split``."""
+    from e3elastic import runtime
+    from e3elastic.training import evaluation
 
     show_messages()
     runtime.enable_compilation_cache()
@@ -74,7 +75,7 @@ def _crystals_csv(rows: list[dict]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from e3elastic.prediction import to_json_ready
+    from e3elastic.inference.prediction import to_json_ready
 
     check_output_path(args.out)
     res = run_evaluation(args)

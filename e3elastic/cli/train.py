@@ -17,7 +17,8 @@ _TRAIN_OPTIONS = {
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from e3elastic import runtime, train
+    from e3elastic import runtime
+    from e3elastic.training import train
 
     show_messages()
     runtime.enable_compilation_cache()

@@ -56,26 +56,25 @@ Modules
 -------
 ``records`` (:class:`Record`, :class:`Dropped`, :func:`write_records`), ``readers`` (one
 function per format, :func:`read_file`, :func:`mp_doc_to_record`), ``frames`` (point groups and
-frame alignment), ``dataset`` (validation, de-duplication, subsets, splits, :func:`load_dataset`),
-``cache`` (processed data on disk), ``report`` (:func:`format_report`), ``mp`` (Materials
-Project download).
+frame alignment), ``curation`` (validation, de-duplication), ``dataset`` (subsets, splits,
+:func:`load_dataset`), ``cache`` (processed data on disk), ``report`` (:func:`format_report`),
+``mp`` (Materials Project download).
 """
 
 from __future__ import annotations
 
 from .cache import FORMAT_VERSION
+from .curation import deduplicate, validate
 from .dataset import (
     HOLDOUTS,
     SPLIT_NAMES,
     SUBSETS,
     Dataset,
     assign_split,
-    deduplicate,
     load_dataset,
     load_for_config,
     load_split,
     select_subset,
-    validate,
 )
 from .frames import SYMPREC, conventional_rotation, ieee_rotation, rotate_structure
 from .mp import fetch_mp, fetch_mp_structure

@@ -12,7 +12,7 @@ machine then compiles a stored program instead of tracing the network: no flax o
 all. They are used only while :func:`network_key` of the config matches the key they were
 exported under, i.e. for the same model config, the same model source files and the same flax
 and e3nn-jax versions; anything else traces the network as before. Both keys are defined in
-:mod:`e3elastic.architecture`.
+:mod:`e3elastic.network.architecture`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from . import graph as graph_mod
-from .architecture import architecture_key, network_key
-from .config import Config
-from .files import atomic_write
-from .runtime import cache_root
+from .. import graph as graph_mod
+from ..config import Config
+from ..files import atomic_write
+from ..network.architecture import architecture_key, network_key
+from ..runtime import cache_root
 
 __all__ = [
     "SHIPPED_DIR",
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Programs shipped with the package (see the module docstring).
-SHIPPED_DIR = Path(__file__).parent / "compiled"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "compiled"
 
 
 def program_digest(key: str, inputs_sig: Any, params_sig: Any, backend: str, x64: bool) -> str:
@@ -102,7 +102,7 @@ class StoredPrograms:
 
     Tracing the flax/e3nn network takes seconds; so every program is also exported
     (``jax.export``, StableHLO) to ``<cache>/exported/``, keyed by the architecture
-    (:func:`e3elastic.architecture.architecture_key`), the input and parameter shapes, the
+    (:func:`e3elastic.network.architecture.architecture_key`), the input and parameter shapes, the
     backend and the precision mode. A later process deserialises it instead of tracing, and XLA
     compiles it from the persistent compilation cache. Without a usable cache (or without the
     ``flatbuffers`` package that serialisation needs) it falls back to a plain ``jax.jit``.
@@ -115,7 +115,7 @@ class StoredPrograms:
     def _jitted(self):
         import jax
 
-        from .model import ElasticityNet
+        from ..network.model import ElasticityNet
 
         return jax.jit(ElasticityNet(self.config.model).apply)
 

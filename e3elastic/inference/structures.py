@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from . import tensors
-from .errors import E3ElasticError, short_error
+from .. import tensors
+from ..errors import E3ElasticError, short_error
 
 __all__ = [
     "MAX_FRACTIONAL",

@@ -3,12 +3,12 @@
 :func:`prepare_data` loads the dataset of ``config.data`` (:func:`e3elastic.data.load_for_config`),
 keeps the crystals the model's head can learn, builds their graphs (cached on disk, see
 :func:`graphs_for_records`), turns each tensor into the irreps the head learns
-(:func:`e3elastic.interface.targets_from_voigt`), keeps every crystal's ln K_VRH and ln G_VRH
-(the only label of a K/G-only crystal, which enters training when ``train.moduli_weight`` > 0)
+(:func:`e3elastic.network.interface.targets_from_voigt`), keeps every crystal's ln K_VRH and ln
+G_VRH (the only label of a K/G-only crystal, which enters training when ``train.moduli_weight`` > 0)
 and chooses padded batch shapes from the training graphs' sizes. It needs neither JAX nor the
 optimizer, so evaluation can share it.
 
-Messages (a crystal left out, and why) go to ``logging.getLogger("e3elastic.prepare")``.
+Messages (a crystal left out, and why) go to ``logging.getLogger("e3elastic.training.prepare")``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from . import data as data_mod
-from . import graph as graph_mod
-from . import tensors
-from .config import Config, theory_index
-from .errors import E3ElasticError
-from .tensors import N_IRREPS
+from .. import data as data_mod
+from .. import graph as graph_mod
+from .. import tensors
+from ..config import Config, theory_index
+from ..errors import E3ElasticError
+from ..tensors import N_IRREPS
 
 __all__ = [
     "Prepared",
@@ -145,7 +145,7 @@ def graphs_for_records(records, cutoff: float, cache_dir=None):
 
 def graph_cache_dir():
     """Where built graphs are kept between runs."""
-    from .runtime import cache_root
+    from ..runtime import cache_root
 
     return cache_root() / "graphs"
 
@@ -197,7 +197,7 @@ def prepare_data(config: Config, dataset=None, log=None) -> Prepared:
 
 
 def _prepare(config: Config, dataset) -> Prepared:
-    from .interface import targets_from_voigt
+    from ..network.interface import targets_from_voigt
 
     dc, mc = config.data, config.model
     if dataset is None:

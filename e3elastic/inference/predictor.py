@@ -5,17 +5,17 @@
 >>> [r] = e3elastic.predict(["examples/silicon.cif"], model=model)  # doctest: +SKIP
 >>> r["voigt_GPa"][0][0], r["K_VRH_GPa"]                           # doctest: +SKIP
 
-Each result is a :class:`~e3elastic.prediction.Prediction`, a dict with methods (JSON-ready
-apart from numpy arrays, see :func:`to_json_ready`):
+Each result is a :class:`~e3elastic.inference.prediction.Prediction`, a dict with methods
+(JSON-ready apart from numpy arrays, see :func:`to_json_ready`):
 
 ``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6), ``cartesian_GPa`` (3x3x3x3), the derived
 moduli of :func:`e3elastic.tensors.derived_properties` (``K_VRH_GPa``, ``G_VRH_GPa``,
 ``youngs_modulus_GPa``, ``poisson_ratio``, ``universal_anisotropy``, ``min_eigenvalue_GPa``,
 ``born_stable``, and the Voigt/Reuss bounds), ``warnings`` (a list of ``"code: sentence"``
-strings for inputs outside the model's domain, see :mod:`e3elastic.domain`), with an ensemble
-``voigt_std_GPa``,
-``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or why this structure failed (its
-other fields are then None). A failing structure never stops the others: unreadable files,
+strings for inputs outside the model's domain, see :mod:`e3elastic.inference.domain`), with an
+ensemble ``voigt_std_GPa``, ``K_VRH_std_GPa`` and ``G_VRH_std_GPa``, and ``error``: None, or
+why this structure failed (its other fields are then None). A failing structure never stops
+the others: unreadable files,
 structures the graph code refuses (:class:`~e3elastic.graph.GraphError`: overlapping atoms,
 isolated atoms, degenerate cells), atoms more than ``MAX_FRACTIONAL`` cells from the origin,
 structures with more than ``max_edges`` neighbour pairs, and failures of the model on one
@@ -32,9 +32,9 @@ members), ``theory``, ``lattice_A`` (the 3x3 lattice, rows a, b, c in Angstrom: 
 frame of the tensor) and ``symmetry`` (space group, point group, crystal system, the
 ``symprec`` used, and whether the tensor was symmetrized).
 
-Reading and checking the inputs is :mod:`e3elastic.structures`, the network's compiled programs
-:mod:`e3elastic.programs`, the batch loop :func:`e3elastic.interface.predict_irreps`; their
-public names are re-exported here.
+Reading and checking the inputs is :mod:`e3elastic.inference.structures`, the network's compiled
+programs :mod:`e3elastic.inference.programs`, the batch loop
+:func:`e3elastic.network.interface.predict_irreps`; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ from typing import Any
 
 import numpy as np
 
-from . import domain, tensors
-from . import graph as graph_mod
+from .. import graph as graph_mod
+from .. import tensors
+from ..config import THEORIES, Config, theory_index
+from ..errors import short_error
+from ..network.interface import predict_irreps, voigt_from_outputs
+from . import domain
 from .bundle import CheckpointError, bundle_dirs, load_bundle, model_folder
-from .config import THEORIES, Config, theory_index
-from .errors import short_error
-from .interface import predict_irreps, voigt_from_outputs
 from .prediction import RESULT_KEYS, Prediction, moduli_intervals, tensor_fields, to_json_ready
 from .programs import StoredPrograms, inference_buckets
 from .structures import (
@@ -139,7 +140,7 @@ class Model:
         )
 
     def provenance(self) -> dict[str, Any]:
-        from . import __version__
+        from .. import __version__
 
         out = {
             "name": self.name,
@@ -306,7 +307,8 @@ def predict(
 ) -> Prediction | list[Prediction]:
     """Predict C for each structure (see the module docstring for the result fields).
 
-    One Structure, ASE Atoms or file path gives one :class:`~e3elastic.prediction.Prediction`;
+    One Structure, ASE Atoms or file path gives one
+    :class:`~e3elastic.inference.prediction.Prediction`;
     a list (or a folder or glob pattern, expanded as on the command line) gives a list.
 
     ``progress(done, total)`` is called after each batch when given. A structure with more

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from . import graph as graph_mod
+from .. import graph as graph_mod
 
 __all__ = [
     "BucketSteps",
@@ -96,7 +96,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def stack_inputs(group, dtype, theory=None):
     """Model inputs and targets of a step: one batch as is, or ``n_sub`` stacked."""
-    from .interface import batch_inputs
+    from ..network.interface import batch_inputs
 
     if len(group) == 1:
         b = group[0]

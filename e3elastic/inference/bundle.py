@@ -17,9 +17,9 @@ previous bundle is left complete in ``.<name>.old`` beside it, and :func:`load_b
 from there. :func:`bundle_dirs` finds the bundle(s) of a bundle, run or ensemble folder.
 
 The parameter shapes a config builds come from an abstract trace of the network's ``init``,
-cached on disk under :func:`e3elastic.architecture.architecture_key`
-(:func:`expected_param_shapes`). Training
-checkpoints (orbax) are in :mod:`e3elastic.checkpoint`, which re-exports this module's names.
+cached on disk under :func:`e3elastic.network.architecture.architecture_key`
+(:func:`expected_param_shapes`). Training checkpoints (orbax) are in
+:mod:`e3elastic.training.checkpoint`, which re-exports this module's names.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from .architecture import architecture_key
-from .config import Config
-from .errors import E3ElasticError, short_error
-from .files import atomic_write
-from .tensors import N_IRREPS
+from ..config import Config
+from ..errors import E3ElasticError, short_error
+from ..files import atomic_write
+from ..network.architecture import architecture_key
+from ..tensors import N_IRREPS
 
 __all__ = [
     "BUNDLE_FILES",
@@ -56,7 +56,7 @@ __all__ = [
 
 BUNDLE_FILES = ("config.json", "params.npz", "stats.json", "info.json")
 #: Where the shipped models live (``e3elastic/pretrained/NAME``).
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 
 
 def model_folder(name: str | os.PathLike) -> Path:
@@ -319,8 +319,8 @@ def expected_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     (``<cache>/shapes/``, keyed by the model config, the source of the model modules and the
     versions of e3elastic, flax, e3nn-jax and jax); a later process loading a bundle of the
     same architecture reads it back. The shapes the package's shipped programs take
-    (:func:`e3elastic.programs.shipped_param_shapes`) come first: the shipped models need no
-    trace at all.
+    (:func:`e3elastic.inference.programs.shipped_param_shapes`) come first: the shipped models need
+    no trace at all.
     """
     key = architecture_key(config)
     if key in _SHAPES:
@@ -348,7 +348,7 @@ _SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
 
 
 def _shapes_file(key: str) -> Path:
-    from .runtime import cache_root
+    from ..runtime import cache_root
 
     return cache_root() / "shapes" / f"{key}.json"
 
@@ -357,8 +357,8 @@ def _traced_param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Parameter shapes from an abstract trace of ``init`` (nothing compiled)."""
     import jax
 
-    from .interface import dummy_inputs
-    from .model import ElasticityNet
+    from ..network.interface import dummy_inputs
+    from ..network.model import ElasticityNet
 
     inputs = dummy_inputs(n_node=3, n_edge=4, n_graph=2)
     net = ElasticityNet(config.model)

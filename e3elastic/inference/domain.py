@@ -94,7 +94,7 @@ def _largest_gap(structure) -> tuple[float, int]:
 
 def structure_warnings(structure, graph, training_set: dict[str, Any] | None = None) -> list[str]:
     """Domain warnings for one structure and its crystal graph (:mod:`e3elastic.graph`)."""
-    from . import graph as graph_mod
+    from .. import graph as graph_mod
 
     z = graph_mod.atomic_numbers(graph.species)
     symbols = [graph_mod.SYMBOLS[i] for i in graph.species]
@@ -139,7 +139,7 @@ def _element_warnings(symbols: list[str], training_set: dict[str, Any] | None) -
 def _neighbour_warnings(graph, z: np.ndarray, symbols: list[str]) -> list[str]:
     """``short-distance``, ``isolated-atom`` and ``strained`` from the graph's edge lengths
     relative to the sum of covalent radii."""
-    from . import graph as graph_mod
+    from .. import graph as graph_mod
 
     out: list[str] = []
     n = len(z)

@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from ..config import Config
 from .prepare import TrainingError
 
 __all__ = [

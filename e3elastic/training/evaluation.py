@@ -1,20 +1,20 @@
 """Evaluate a trained model (shipped name, bundle, run folder or ensemble) on a dataset.
 
->>> from e3elastic import evaluation
+>>> from e3elastic.training import evaluation
 >>> m = evaluation.evaluate("default", split="test")            # doctest: +SKIP
 >>> m["metrics"]["rel_frobenius"], len(m["crystals"])            # doctest: +SKIP
 
-The metrics are those of :mod:`e3elastic.metrics`; ``mae_voigt_GPa`` is the mean absolute
+The metrics are those of :mod:`e3elastic.training.metrics`; ``mae_voigt_GPa`` is the mean absolute
 error over all 36 entries of the 6x6 Voigt matrix (:data:`MAE_DEFINITION`), the one definition
 used by ``evaluate``, training logs and the parity plot. An ensemble is scored on its mean
 tensor; its per-crystal standard deviations (calibrated when the ensemble folder has a
 ``calibration.json``, see :func:`fit_sigma_scale`) are reported alongside.
 
 For training: :func:`evaluate_model` scores weights on one split part of a
-:class:`~e3elastic.prepare.Prepared` dataset (:func:`evaluate_part` from head outputs),
+:class:`~e3elastic.training.prepare.Prepared` dataset (:func:`evaluate_part` from head outputs),
 :func:`final_evaluation` scores a run's exported best bundle on every part and writes
 ``final_metrics.json``, and :func:`baselines` gives the metrics of two trivial predictors.
-Messages go to ``logging.getLogger("e3elastic.evaluation")``.
+Messages go to ``logging.getLogger("e3elastic.training.evaluation")``.
 """
 
 from __future__ import annotations
@@ -22,22 +22,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import data as data_mod
-from . import interface, metrics, tensors
-from .config import Config
-from .errors import E3ElasticError
-from .inference import Model, PredictError, load_model
+from .. import data as data_mod
+from .. import tensors
+from ..config import Config
+from ..inference import Model, PredictError, load_model
+from ..network import interface
+from . import metrics
+from .calibration import (
+    SIGMA_QUANTITIES,
+    Evaluated,
+    EvaluationError,
+    coverage,
+    fit_interval_scale,
+    fit_sigma_scale,
+    interval_coverage,
+)
 from .prepare import Prepared, graph_cache_dir, graphs_for_records
 
 __all__ = [
     "MAE_DEFINITION",
+    "EvaluationError",
     "Evaluated",
+    "SIGMA_QUANTITIES",
     "baselines",
     "coverage",
     "evaluate",
@@ -54,43 +65,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAE_DEFINITION = "MAE Voigt: mean |C_pred - C| over the 36 entries of the 6x6 Voigt matrix (GPa)"
-
-#: Quantities whose ensemble spread is calibrated: the Voigt components symmetry leaves free,
-#: K_VRH and G_VRH.
-SIGMA_QUANTITIES = ("voigt", "K_VRH", "G_VRH")
-
-
-class EvaluationError(E3ElasticError, ValueError):
-    """A model or dataset cannot be evaluated; the message says why."""
-
-
-@dataclass
-class Evaluated:
-    """Predictions of every member for the records of a dataset."""
-
-    records: list[Any]
-    member_voigt: np.ndarray  # (M, n, 6, 6)
-    skipped: list[str]
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.member_voigt.mean(axis=0)
-
-    @property
-    def true(self) -> np.ndarray:
-        return np.stack([r.voigt for r in self.records])
-
-    def spread(self) -> dict[str, np.ndarray]:
-        """Uncalibrated standard deviations over members (zeros for one member)."""
-        v = self.member_voigt
-        if len(v) < 2:
-            z = np.zeros(v.shape[1])
-            return {"voigt": np.zeros(v.shape[1:]), "K_VRH": z, "G_VRH": z}
-        return {
-            "voigt": v.std(axis=0, ddof=1),
-            "K_VRH": tensors.bulk_modulus(v)["hill"].std(axis=0, ddof=1),
-            "G_VRH": tensors.shear_modulus(v)["hill"].std(axis=0, ddof=1),
-        }
 
 
 def load_records(model: Model, data=None, split: str = "test") -> tuple[list[Any], str]:
@@ -123,7 +97,7 @@ def load_records(model: Model, data=None, split: str = "test") -> tuple[list[Any
 
 def predict_records(model: Model, records, batch_size: int = 8) -> Evaluated:
     """Every member's Voigt tensors for records (each at its own level of theory)."""
-    from .config import theory_index
+    from ..config import theory_index
 
     good, graphs, bad = graphs_for_records(records, model.config.model.cutoff, graph_cache_dir())
     if model.config.model.n_theories:
@@ -141,154 +115,6 @@ def predict_records(model: Model, records, batch_size: int = 8) -> Evaluated:
 
 def _scalar(x: Any) -> float:
     return float(x) if x is not None and np.isfinite(x) else float("nan")
-
-
-def _free_components(ev: Evaluated) -> np.ndarray:
-    """``(n, 21)`` mask of the upper-triangle Voigt components the members do not all predict
-    alike: those the structure's symmetry fixes (zero, or tied to others) have a spread at
-    float32 round-off, and error / sigma means nothing there."""
-    iu = np.triu_indices(6)
-    spread = ev.spread()["voigt"][:, iu[0], iu[1]]
-    size = np.abs(ev.mean).max(axis=(1, 2))[:, None]
-    return spread > 1e-4 * size
-
-
-def coverage(ev: Evaluated, scale: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """Share of errors (ensemble mean vs reference) within 1 and 2 (scaled) standard
-    deviations, per quantity. Voigt components fixed by symmetry (no spread) are left out."""
-    if ev.member_voigt.shape[0] < 2:
-        raise EvaluationError("coverage needs an ensemble (two or more members)")
-    scale = scale or {}
-    iu = np.triu_indices(6)
-    true, mean, spread = ev.true, ev.mean, ev.spread()
-    nonzero = _free_components(ev)
-    errors = {
-        "voigt": np.abs(mean - true)[:, iu[0], iu[1]][nonzero],
-        "K_VRH": np.abs(tensors.bulk_modulus(mean)["hill"] - tensors.bulk_modulus(true)["hill"]),
-        "G_VRH": np.abs(tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"]),
-    }
-    sigmas = {
-        "voigt": spread["voigt"][:, iu[0], iu[1]][nonzero],
-        "K_VRH": spread["K_VRH"],
-        "G_VRH": spread["G_VRH"],
-    }
-    out = {}
-    for q in SIGMA_QUANTITIES:
-        e, s = errors[q], sigmas[q] * scale.get(q, 1.0)
-        out[q] = {
-            "n": int(e.size),
-            "within_1_sigma": float(np.mean(e <= s)),
-            "within_2_sigma": float(np.mean(e <= 2 * s)),
-            "mean_abs_error_GPa": float(e.mean()),
-            "mean_sigma_GPa": float(s.mean()),
-        }
-    return out
-
-
-def fit_sigma_scale(ev: Evaluated, target: float = 0.95) -> dict[str, float]:
-    """Per-quantity factor for the ensemble's standard deviation, fitted on ``ev`` (use the
-    validation split): the ``target`` quantile of |error| / sigma, divided by the Gaussian
-    z-value of that quantile (1.96 for 0.95). A calibrated Gaussian needs a factor of 1; an
-    over-confident ensemble gets a factor above 1."""
-    from statistics import NormalDist
-
-    if ev.member_voigt.shape[0] < 2:
-        raise EvaluationError("a sigma scale needs an ensemble (two or more members)")
-    z = NormalDist().inv_cdf(0.5 + target / 2)
-    true, mean, spread = ev.true, ev.mean, ev.spread()
-    nonzero = _free_components(ev)
-    with np.errstate(divide="ignore", invalid="ignore"):  # fixed components: 0 / 0, masked
-        ratios = _error_ratios(mean, true, spread)
-    ratios["voigt"] = ratios["voigt"][nonzero]
-    return {q: float(np.quantile(r[np.isfinite(r)], target) / z) for q, r in ratios.items()}
-
-
-def _log_errors(ev: Evaluated) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """|ln(q_true / q_centre)| and the members' std of ln q, ``(n,)`` each, for K_VRH, G_VRH
-    and Young's modulus; q_centre is the modulus of the ensemble mean tensor."""
-    from .prediction import INTERVAL_QUANTITIES, log_spread
-
-    spread = log_spread(ev.member_voigt)
-    centre = _moduli_of(ev.mean)
-    true = _moduli_of(ev.true)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err = {q: np.abs(np.log(true[q] / centre[q])) for q in INTERVAL_QUANTITIES}
-    return err, spread
-
-
-def _moduli_of(voigts: np.ndarray) -> dict[str, np.ndarray]:
-    return {
-        "K_VRH": tensors.bulk_modulus(voigts)["hill"],
-        "G_VRH": tensors.shear_modulus(voigts)["hill"],
-        "youngs_modulus": tensors.youngs_modulus(voigts),
-    }
-
-
-def fit_interval_scale(ev: Evaluated) -> dict[str, dict[str, float]]:
-    """Log-space intervals of K_VRH, G_VRH and Young's modulus fitted on ``ev`` (use the
-    validation split): ``{q: {"floor": f, "68": k68, "95": k95}}``.
-
-    The interval is ``q_centre * exp(+-k w)`` with ``w = sqrt(s^2 + f^2)``, ``s`` the
-    members' std of ln q (:func:`e3elastic.prediction.moduli_intervals`). Members share much
-    of their error, so ``s`` alone is too small where they agree; the floor ``f`` carries that
-    part. For each candidate floor, k of a level is that level's quantile of
-    |ln(q_true / q_centre)| / w (so the level's coverage holds on ``ev``); the floor chosen
-    gives the narrowest 95 % intervals on average."""
-    from .prediction import INTERVAL_LEVELS
-
-    if ev.member_voigt.shape[0] < 2:
-        raise EvaluationError("intervals need an ensemble (two or more members)")
-    errors, spreads = _log_errors(ev)
-    out = {}
-    for q, err in errors.items():
-        ok = np.isfinite(err) & np.isfinite(spreads[q])
-        e, s = err[ok], spreads[q][ok]
-        best = None
-        for floor in np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 61)]):
-            w = np.hypot(s, floor)
-            k95 = float(np.quantile(e / w, 0.95))
-            width = float(np.mean(k95 * w))
-            if best is None or width < best[0]:
-                best = (width, float(floor), w)
-        _, floor, w = best
-        out[q] = {"floor": floor}
-        out[q].update({lv: float(np.quantile(e / w, int(lv) / 100)) for lv in INTERVAL_LEVELS})
-    return out
-
-
-def interval_coverage(
-    ev: Evaluated, scale: dict[str, dict[str, float]] | None = None
-) -> dict[str, dict[str, float]]:
-    """Share of crystals whose reference K_VRH, G_VRH and Young's modulus fall inside the
-    ensemble's 68 % and 95 % intervals (``scale``: as fitted, else Gaussian without a
-    floor), and the median width ``(high - low) / centre`` of each interval."""
-    from .prediction import INTERVAL_LEVELS, interval_width
-
-    scale = scale or {}
-    errors, spreads = _log_errors(ev)
-    out = {}
-    for q, err in errors.items():
-        w = interval_width(spreads[q], scale.get(q))
-        ok = np.isfinite(err) & np.isfinite(w)
-        row: dict[str, float] = {"n": int(ok.sum())}
-        for lv, z in INTERVAL_LEVELS.items():
-            k = (scale.get(q) or {}).get(lv, z)
-            row[f"within_{lv}"] = float(np.mean(err[ok] <= k * w[ok]))
-            row[f"median_width_{lv}"] = float(np.median(2 * np.sinh(k * w[ok])))
-        out[q] = row
-    return out
-
-
-def _error_ratios(mean, true, spread) -> dict[str, np.ndarray]:
-    """|error| / sigma: ``voigt`` ``(n, 21)`` (upper triangle), ``K_VRH`` and ``G_VRH`` ``(n,)``."""
-    iu = np.triu_indices(6)
-    return {
-        "voigt": np.abs(mean - true)[:, iu[0], iu[1]] / spread["voigt"][:, iu[0], iu[1]],
-        "K_VRH": np.abs(tensors.bulk_modulus(mean)["hill"] - tensors.bulk_modulus(true)["hill"])
-        / spread["K_VRH"],
-        "G_VRH": np.abs(tensors.shear_modulus(mean)["hill"] - tensors.shear_modulus(true)["hill"])
-        / spread["G_VRH"],
-    }
 
 
 def crystal_rows(ev: Evaluated, scale: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -413,7 +239,7 @@ def predict_irreps(
     predict_step, params, graphs, buckets, batch_size, stats, dtype, theory=None
 ) -> np.ndarray:
     """Denormalised head outputs ``(n, 21)`` (float64) of one set of weights over graphs, in
-    input order (:func:`e3elastic.interface.predict_irreps` with one member)."""
+    input order (:func:`e3elastic.network.interface.predict_irreps` with one member)."""
     members = [(params, stats)]
     return interface.predict_irreps(
         predict_step, members, graphs, buckets, batch_size, dtype, theory
@@ -422,10 +248,10 @@ def predict_irreps(
 
 def evaluate_part(pred_irreps, records, config: Config, groups=("theory", "source")) -> dict:
     """Metrics of head outputs ``(n, 21)`` against records' labels: the tensor metrics of
-    :func:`e3elastic.metrics.tensor_metrics` over the records with a full tensor, and, when
-    there are records with K/G only, ``moduli_only``: :func:`e3elastic.metrics.moduli_metrics`
-    over those."""
-    from .interface import voigt_from_outputs
+    :func:`e3elastic.training.metrics.tensor_metrics` over the records with a full tensor, and, when
+    there are records with K/G only, ``moduli_only``:
+    :func:`e3elastic.training.metrics.moduli_metrics` over those."""
+    from ..network.interface import voigt_from_outputs
 
     if len(records) == 0:
         return {"n": 0}

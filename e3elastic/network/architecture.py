@@ -5,11 +5,11 @@ versions of the libraries that build it:
 
 * :func:`architecture_key` names the network a config builds with this code and these
   libraries (jax included). It keys the cached parameter shapes
-  (:func:`e3elastic.bundle.expected_param_shapes`) and the programs exported to the cache
-  (:class:`e3elastic.programs.StoredPrograms`).
+  (:func:`e3elastic.inference.bundle.expected_param_shapes`) and the programs exported to the cache
+  (:class:`e3elastic.inference.programs.StoredPrograms`).
 * :func:`network_key` names what the network computes, leaving out jax's version (an exported
   program stays loadable by later jax versions). It keys the programs shipped with the package
-  (:data:`e3elastic.programs.SHIPPED_DIR`).
+  (:data:`e3elastic.inference.programs.SHIPPED_DIR`).
 
 This module imports nothing of the network, so the modules that cache by these keys need not
 import each other.
@@ -22,22 +22,29 @@ import hashlib
 import json
 from pathlib import Path
 
-from .config import Config
+from ..config import Config
 
 __all__ = ["ARCHITECTURE_SOURCES", "NETWORK_SOURCES", "architecture_key", "network_key"]
 
-#: Source files (relative to the package) whose content is hashed into :func:`architecture_key`.
-ARCHITECTURE_SOURCES = ("model.py", "elements.py", "element_descriptors.json")
+#: Source files (relative to the ``e3elastic`` package) whose content is hashed into
+#: :func:`architecture_key`.
+ARCHITECTURE_SOURCES = (
+    "network/model.py",
+    "network/kernels.py",
+    "network/elements.py",
+    "network/element_descriptors.json",
+)
 #: Source files whose content defines what the network computes (:func:`network_key`).
 NETWORK_SOURCES = (
-    "model.py",
-    "interface.py",
+    "network/model.py",
+    "network/kernels.py",
+    "network/interface.py",
     "tensors.py",
     "voigt.py",
-    "elements.py",
-    "element_descriptors.json",
+    "network/elements.py",
+    "network/element_descriptors.json",
 )
-_ROOT = Path(__file__).parent
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _versions(packages: tuple[str, ...]) -> list[str]:
@@ -64,7 +71,7 @@ def architecture_key(config: Config) -> str:
     """A short hash naming the network a config builds with this code and these libraries:
     the model config, e3elastic's version, :data:`ARCHITECTURE_SOURCES` and the flax, e3nn-jax
     and jax versions."""
-    from . import __version__
+    from .. import __version__
 
     parts = [_model_config_json(config), __version__]
     parts += _source_digests(ARCHITECTURE_SOURCES)

@@ -19,7 +19,7 @@ for inspection) so that training can write those steps again. A step without a m
 by an older version, or a kill between orbax finishing and the manifest being renamed into
 place) is loaded unverified, with a note through ``log``.
 
-Inference bundles (plain files for prediction) are in :mod:`e3elastic.bundle`; their names
+Inference bundles (plain files for prediction) are in :mod:`e3elastic.inference.bundle`; their names
 are re-exported here.
 """
 
@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bundle import (
+from ..errors import short_error
+from ..files import atomic_write
+from ..inference.bundle import (
     BUNDLE_FILES,
     CheckpointError,
     _json_default,
@@ -45,8 +47,6 @@ from .bundle import (
     load_bundle,
     unflatten_params,
 )
-from .errors import short_error
-from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 

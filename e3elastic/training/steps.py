@@ -29,10 +29,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from . import tensors
-from .config import Config
+from .. import tensors
+from ..config import Config
+from ..tensors import N_IRREPS
 from .prepare import TrainingError
-from .tensors import N_IRREPS
 
 __all__ = [
     "TrainState",
@@ -82,7 +82,7 @@ def _split_targets(targets):
 
 
 def create_model(config: Config):
-    from .model import ElasticityNet
+    from ..network.model import ElasticityNet
 
     return ElasticityNet(config.model)
 
@@ -175,11 +175,11 @@ def frobenius_term(config: Config, stats: dict[str, np.ndarray]):
     For the log head this is a loss on C = expm(L), not on L: the log-Euclidean distance
     weighs a soft eigenvalue's relative error like a stiff one's, while the Frobenius error is
     dominated by the stiff components. Both C come from ``jax.scipy.linalg.expm``
-    (:func:`e3elastic.model.mandel_from_outputs_jax`), whose gradient stays finite at the
+    (:func:`e3elastic.network.model.mandel_from_outputs_jax`), whose gradient stays finite at the
     degenerate eigenvalues of cubic and hexagonal crystals. The Mandel 6x6 is an isometry of
     the 3x3x3x3 tensor, so its Frobenius norm is the metric's.
     """
-    from .model import mandel_from_outputs_jax
+    from ..network.model import mandel_from_outputs_jax
 
     weight = float(config.train.frobenius_weight)  # >= 0, checked by TrainConfig
     if weight == 0:
@@ -210,7 +210,7 @@ def vrh_log_moduli_jax(irreps, model_config) -> jax.Array:
     """
     import dataclasses
 
-    from .model import mandel_from_outputs_jax
+    from ..network.model import mandel_from_outputs_jax
 
     w = jnp.asarray(tensors.MANDEL_WEIGHTS, irreps.dtype)
     ww = w[:, None] * w[None, :]
@@ -339,12 +339,11 @@ def make_steps(net, tx, n_sub: int = 1, augment=None, seed: int = 0, extra=None)
 
     With ``n_sub > 1`` the inputs and targets of ``train_step`` carry a leading axis of
     ``n_sub`` padded sub-batches (one per device when sharded, see
-    :class:`e3elastic.parallel.DataParallel`); the loss is the mean over every real crystal of
-    all sub-batches, so the result does not depend on how the sub-batches are spread over
+    :class:`e3elastic.training.parallel.DataParallel`); the loss is the mean over every real crystal
+    of all sub-batches, so the result does not depend on how the sub-batches are spread over
     devices. ``augment`` (see :func:`volume_augmentation`) is applied with a key derived from
-    ``(seed, step)``, so a resumed run draws the same scalings as an uninterrupted one;
-    ``step`` is unused without it. ``extra`` is added to each crystal's loss (see
-    :func:`per_graph_loss`).
+    ``(seed, step)``, so a resumed run draws the same scalings as an uninterrupted one; ``step`` is
+    unused without it. ``extra`` is added to each crystal's loss (see :func:`per_graph_loss`).
     """
     train_step = jax.jit(train_step_function(net, tx, n_sub, augment, seed, extra))
     return train_step, make_predict_step(net)
@@ -355,13 +354,13 @@ def make_scan(net, tx, n_sub: int = 1, augment=None, seed: int = 0, mesh=None, e
     one bucket in a single ``jax.lax.scan``.
 
     ``inputs`` and ``targets`` hold a bucket's steps stacked on a leading axis (as
-    :meth:`e3elastic.parallel.DataParallel.shard_steps` places them); step ``i`` of the scan
-    trains on the stacked entry ``order[i]`` with the augmentation key of global step
-    ``steps[i]``, exactly as :func:`make_steps`' ``train_step(params, opt_state,
-    inputs[order[i]], targets[order[i]], steps[i])`` would. Params and optimizer state are
-    donated. Returns ``(params, opt_state, losses, bad)``: ``losses (n,)`` the loss of each
-    step, ``bad (n, [n_sub,] G)`` True where a graph slot's loss was not finite (replicated
-    over ``mesh``, so every process can read it).
+    :meth:`e3elastic.training.parallel.DataParallel.shard_steps` places them); step ``i`` of the
+    scan trains on the stacked entry ``order[i]`` with the augmentation key of global step
+    ``steps[i]``, exactly as :func:`make_steps`' ``train_step(params, opt_state, inputs[order[i]],
+    targets[order[i]], steps[i])`` would. Params and optimizer state are donated. Returns ``(params,
+    opt_state, losses, bad)``: ``losses (n,)`` the loss of each step, ``bad (n, [n_sub,] G)`` True
+    where a graph slot's loss was not finite (replicated over ``mesh``, so every process can read
+    it).
     """
     step = train_step_function(net, tx, n_sub, augment, seed, extra)
 
@@ -393,7 +392,7 @@ class TrainState:
     -1 before the first), ``best_score`` and ``best_epoch`` (the best validation score so far
     and its epoch) ride along as static fields.
 
-    On disk (:class:`e3elastic.checkpoint.TrainCheckpoints`) the arrays are
+    On disk (:class:`e3elastic.training.checkpoint.TrainCheckpoints`) the arrays are
     ``{"params", "opt_state", "epoch"}`` (:meth:`arrays`) and the best-so-far record is the
     JSON ``meta["best"] = {"score", "epoch"}`` (:meth:`best`).
     """

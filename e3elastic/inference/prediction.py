@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import tensors
+from .. import tensors
 
 __all__ = [
     "INTERVAL_LEVELS",
@@ -56,14 +56,13 @@ class Prediction(dict):
     A ``dict`` (``p["K_VRH_GPa"]`` works, and so does ``p.K_VRH_GPa``) with the keys of the JSON
     output: ``file``, ``id``, ``formula``, ``voigt_GPa`` (6x6, Voigt order 11 22 33 23 13 12),
     ``cartesian_GPa`` (3x3x3x3), the derived moduli (``K_VRH_GPa``, ``G_VRH_GPa``, ...),
-    ``born_stable``, ``warnings`` (list of ``"code: sentence"``, see :mod:`e3elastic.domain`),
-    ``error`` (None, or why this structure failed; the numbers are then None), provenance
-    (``model``, ``lattice_A``, ``space_group``, ``point_group``) and, for an ensemble, the
-    standard deviations ``voigt_std_GPa``, ``K_VRH_std_GPa``, ``G_VRH_std_GPa`` and the
-    intervals ``K_VRH_interval68_GPa``, ``K_VRH_interval95_GPa`` (and the same for
-    ``G_VRH`` and ``youngs_modulus``): ``[low, high]`` around the central value, from the
-    members' spread in log space (see :func:`moduli_intervals`), so a bound never goes below
-    zero.
+    ``born_stable``, ``warnings`` (list of ``"code: sentence"``, see
+    :mod:`e3elastic.inference.domain`), ``error`` (None, or why this structure failed; the numbers
+    are then None), provenance (``model``, ``lattice_A``, ``space_group``, ``point_group``) and, for
+    an ensemble, the standard deviations ``voigt_std_GPa``, ``K_VRH_std_GPa``, ``G_VRH_std_GPa`` and
+    the intervals ``K_VRH_interval68_GPa``, ``K_VRH_interval95_GPa`` (and the same for ``G_VRH`` and
+    ``youngs_modulus``): ``[low, high]`` around the central value, from the members' spread in log
+    space (see :func:`moduli_intervals`), so a bound never goes below zero.
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -181,9 +180,9 @@ def moduli_intervals(
     ``w = sqrt(s^2 + f^2)`` with ``s`` the members' standard deviation of ln q
     (:func:`log_spread`) and ``f`` a floor for the error the members share, and ``k`` the
     half-width of the level. ``scale[q]`` holds ``floor`` and a ``k`` per level as fitted on
-    validation data (:func:`e3elastic.evaluation.fit_interval_scale`); without it, ``f = 0``
-    and the Gaussian values of :data:`INTERVAL_LEVELS`. Always positive, and wider above than
-    below the centre."""
+    validation data (:func:`e3elastic.training.evaluation.fit_interval_scale`); without it,
+    ``f = 0`` and the Gaussian values of :data:`INTERVAL_LEVELS`. Always positive, and wider above
+    than below the centre."""
     scale = scale or {}
     spread = log_spread(member_voigts)
     out: dict[str, list[float]] = {}

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import tensors
+from .. import tensors
 
 __all__ = ["moduli_metrics", "per_crystal_errors", "tensor_metrics"]
 

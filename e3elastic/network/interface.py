@@ -1,6 +1,6 @@
 """The network's numpy interface: the arrays it reads, and what its 21 outputs mean.
 
-Kept apart from :mod:`e3elastic.model` (flax and e3nn-jax) so that prediction from a stored,
+Kept apart from :mod:`e3elastic.network.model` (flax and e3nn-jax) so that prediction from a stored,
 compiled program needs neither: :func:`batch_inputs` builds the input dict from a padded
 :class:`e3elastic.graph.Batch`; :func:`targets_from_voigt` and :func:`voigt_from_outputs` map
 Voigt tensors to the 21 irreps the head learns and back (C itself for the ``linear`` head, the
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import tensors
-from .config import ModelConfig
+from .. import tensors
+from ..config import ModelConfig
 
 __all__ = [
     "INPUT_FIELDS",
@@ -150,7 +150,7 @@ def predict_irreps(
     :func:`batch_inputs`. The outputs are irreps of C (GPa), or of its logarithm for a log
     head (:func:`voigt_from_outputs`).
     """
-    from .graph import batches
+    from ..graph import batches
 
     out = np.zeros((len(members), len(graphs), tensors.N_IRREPS))
     if not graphs:
