@@ -53,7 +53,7 @@ def _is_sio2(record) -> bool:
 def study(held_out: Path, with_sio2: Path, data_dir: str | None) -> dict[str, Any]:
     """Predictions of both bundles for the SiO2 crystals, one row per crystal."""
     from e3elastic import data, load_model, tensors
-    from e3elastic.evaluation import predict_records
+    from e3elastic.training.evaluation import predict_records
 
     models = {"held_out": load_model(held_out), "with": load_model(with_sio2)}
     config = models["with"].config
