@@ -25,7 +25,8 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax
-    from e3elastic import config as cfg, data, runtime, train
+    from e3elastic import config as cfg, data, runtime
+    from e3elastic.training import train
     from e3elastic.training.prepare import messages_to
     runtime.enable_compilation_cache()
     f, workdir, cache, loop = sys.argv[1:5]
