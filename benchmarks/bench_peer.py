@@ -115,6 +115,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (both sides)")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest |dy| / max |y|")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peer.json"))
+    ap.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile port (eager only)"
+    )
+    ap.add_argument(
+        "--model",
+        default="default",
+        help="the network and weights to port: a shipped name or a bundle folder (a sweep "
+        "candidate's best/)",
+    )
     args = ap.parse_args()
 
     if not Path(args.data).is_dir():
@@ -131,15 +140,15 @@ def main() -> None:
     from e3elastic.training import checkpoint, train
 
     torch.set_num_threads(args.threads)
-    config = cfg.default()
-
-    # parameters: the current default architecture, and the shipped weights
-    n_jax = int(sum(np.prod(s) for s in checkpoint.expected_param_shapes(config).values()))
-    shipped = e3elastic.load_model("default")
-    if shipped.config.model != config.model:
+    shipped = e3elastic.load_model(args.model)
+    config = shipped.config
+    if args.model == "default" and config.model != cfg.default().model:
         raise SystemExit("the shipped default model is not the current default architecture")
+
+    # parameters: the model's architecture, and its weights
+    n_jax = int(sum(np.prod(s) for s in checkpoint.expected_param_shapes(config).values()))
     if shipped.n_parameters != n_jax:
-        raise SystemExit(f"shipped default has {shipped.n_parameters} parameters, config {n_jax}")
+        raise SystemExit(f"{args.model} has {shipped.n_parameters} parameters, config {n_jax}")
     params = jax.tree.map(lambda a: jax.numpy.asarray(a, jax.numpy.float32), shipped.members[0][0])
 
     port = TorchElasticityNet(config.model)
@@ -233,17 +242,17 @@ def main() -> None:
     port.train()
     adam = torch.optim.Adam(port.parameters(), lr=args.lr)
 
-    def torch_train_round() -> None:
+    def torch_train_round(module=port) -> None:
         for x, y in zip(th_inputs, th_targets, strict=True):
             adam.zero_grad(set_to_none=True)
-            loss = torch_loss(port(x), y, x["graph_mask"])
+            loss = torch_loss(module(x), y, x["graph_mask"])
             loss.backward()
             adam.step()
 
-    def torch_forward_round() -> None:
+    def torch_forward_round(module=port) -> None:
         with torch.inference_mode():
             for x in th_inputs:
-                port(x)
+                module(x)
 
     jstate = {"params": params, "opt": opt}
 
@@ -262,6 +271,43 @@ def main() -> None:
     torch_train_round()
     torch_forward_round()
     torch_warmup = time.perf_counter() - t
+
+    # the same port under torch.compile (inductor, CPU): same parameters and optimiser
+    compiled = None if args.no_compile else torch.compile(port)
+    compile_info: dict = {}
+    if compiled is not None:
+
+        def compiled_train_round() -> None:
+            torch_train_round(compiled)
+
+        def compiled_forward_round() -> None:
+            torch_forward_round(compiled)
+
+        port.eval()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            y_eager = [port(x).numpy() for x in th_inputs]
+            y_comp = [compiled(x).numpy() for x in th_inputs]
+        compile_info["forward_compile_s"] = time.perf_counter() - t
+        comp_diff = float(
+            max(
+                np.abs(a - b)[np.asarray(x["graph_mask"], bool)].max()
+                for a, b, x in zip(y_eager, y_comp, np_inputs, strict=True)
+            )
+        )
+        compile_info["max_output_diff_vs_eager"] = comp_diff
+        port.train()
+        t = time.perf_counter()
+        compiled_train_round()
+        compile_info["train_compile_s"] = time.perf_counter() - t
+        print(
+            f"torch.compile: forward compiled in {compile_info['forward_compile_s']:.0f} s, "
+            f"training in {compile_info['train_compile_s']:.0f} s; max |compiled - eager| "
+            f"= {comp_diff:.1e}",
+            flush=True,
+        )
+        if not comp_diff / scale < args.tolerance:
+            raise SystemExit(f"torch.compile output differs from eager by {comp_diff:.1e}")
     jax_train_round()  # warm-up, compiled already
     jax_forward_round()
 
@@ -270,12 +316,19 @@ def main() -> None:
         fn()
         return n_cryst / (time.perf_counter() - t)
 
-    rates = {k: [] for k in ("jax_train", "torch_train", "jax_forward", "torch_forward")}
+    kinds = ["jax_train", "torch_train", "jax_forward", "torch_forward"]
+    if compiled is not None:
+        kinds += ["compiled_train", "compiled_forward"]
+    rates = {k: [] for k in kinds}
     for r in range(args.rounds):
         rates["jax_train"].append(timed(jax_train_round))
         rates["torch_train"].append(timed(torch_train_round))
+        if compiled is not None:
+            rates["compiled_train"].append(timed(compiled_train_round))
         rates["jax_forward"].append(timed(jax_forward_round))
         rates["torch_forward"].append(timed(torch_forward_round))
+        if compiled is not None:
+            rates["compiled_forward"].append(timed(compiled_forward_round))
         print(
             f"round {r + 1}/{args.rounds}: "
             + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
@@ -285,6 +338,11 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     train_ratio = med["jax_train"] / med["torch_train"]
     forward_ratio = med["jax_forward"] / med["torch_forward"]
+    if compiled is not None:
+        compile_info["train_ratio"] = med["jax_train"] / med["compiled_train"]
+        compile_info["forward_ratio"] = med["jax_forward"] / med["compiled_forward"]
+        compile_info["train_crystals_per_s"] = med["compiled_train"]
+        compile_info["forward_crystals_per_s"] = med["compiled_forward"]
 
     versions = {
         "jax": jax.__version__,
@@ -315,10 +373,13 @@ def main() -> None:
         "jax_compile_first_forward_s": fwd_compile_first,
         "jax_compile_all_forward_shapes_s": fwd_compile_all,
         "torch_warmup_s": torch_warmup,
+        "torch_compile": compile_info or None,
         "shapes_compiled": len(seen),
         "params_jax": n_jax,
         "params_torch": n_torch,
-        "weights": "e3elastic/pretrained/default",
+        "weights": args.model,
+        "hidden_irreps": config.model.hidden_irreps,
+        "n_layers": config.model.n_layers,
         "max_output_diff": max_diff,
         "max_output_diff_relative": rel_diff,
         "max_abs_output": scale,
@@ -341,12 +402,22 @@ def main() -> None:
         f"| PyTorch + e3nn | {n_torch} | {med['torch_train']:.1f} | "
         f"{med['torch_forward']:.1f} | - |"
     )
-    print(f"| JAX / PyTorch | | {train_ratio:.2f}x | {forward_ratio:.2f}x | |")
+    if compiled is not None:
+        print(
+            f"| PyTorch + e3nn, torch.compile | {n_torch} | {med['compiled_train']:.1f} | "
+            f"{med['compiled_forward']:.1f} | {compile_info['train_compile_s']:.1f} |"
+        )
+    print(f"| JAX / PyTorch eager | | {train_ratio:.2f}x | {forward_ratio:.2f}x | |")
+    if compiled is not None:
+        print(
+            f"| JAX / PyTorch compiled | | {compile_info['train_ratio']:.2f}x | "
+            f"{compile_info['forward_ratio']:.2f}x | |"
+        )
     print(
         f"\nmedians of {args.rounds} alternating rounds over {n_cryst} crystals on "
         f"{result['device']} ({result['platform']}, {os.cpu_count()} CPUs, torch threads "
         f"{torch.get_num_threads()}); max output difference {max_diff:.1e} "
-        f"({rel_diff:.1e} of max |y|) with the shipped default weights"
+        f"({rel_diff:.1e} of max |y|) with the weights of {args.model}"
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,31 +158,39 @@ class TorchSpeciesEmbedding(torch.nn.Module):
         return h
 
 
+def _soft_odd(x):
+    return x * (1 - torch.exp(-(x**2)))  # e3nn_jax.soft_odd
+
+
 class TorchGate(torch.nn.Module):
     """Gate nonlinearity; mirrors ``e3nn_jax.gate`` with its defaults.
 
-    Input ``S x 0e + G x 0e + gated`` (``G`` = number of gated irreps, gates last among the
-    scalars): the first ``S`` scalars go through GELU (tanh form, ``jax.nn.gelu``), the ``G``
-    gates through a sigmoid, both normalised as in e3nn-jax (:func:`_normalised`), and each
-    gated irrep is multiplied by its gate (``o3.ElementwiseTensorProduct``). Output
-    ``S x 0e + gated``. (``e3nn.nn.Gate`` has the same structure but normalises the activations
-    with ``normalize2mom``.)
+    Input ``scalars + G x 0e + gated`` (``G`` = number of gated irreps, gates last among the
+    scalars): the activated scalars go through GELU (tanh form, ``jax.nn.gelu``) where even and
+    ``x (1 - exp(-x^2))`` where odd (0o), the ``G`` gates through a sigmoid, all normalised as
+    in e3nn-jax (:func:`_normalised`), and each gated irrep is multiplied by its gate
+    (``o3.ElementwiseTensorProduct``). Output ``scalars + gated``. (``e3nn.nn.Gate`` has the
+    same structure but normalises the activations with ``normalize2mom``.)
     """
 
     def __init__(self, hidden):
         super().__init__()
-        if any(ir.l == 0 and ir.p != 1 for _, ir in hidden):
-            raise NotImplementedError("odd scalars (0o) are not ported")
-        self.n_scalar = sum(m for m, ir in hidden if ir.l == 0)
+        self.segments = []  # (start, stop, activation) of the activated scalars, in order
+        start = 0
+        even, odd = _normalised(_gelu), _normalised(_soft_odd)
+        for m, ir in hidden:
+            if ir.l == 0:
+                self.segments.append((start, start + m, even if ir.p == 1 else odd))
+                start += m
+        self.n_scalar = start
         gated = o3.Irreps([(m, ir) for m, ir in hidden if ir.l > 0])
         self.n_gate = gated.num_irreps
-        self.act = _normalised(_gelu)
         self.gate_act = _normalised(torch.sigmoid)
         self.mul = o3.ElementwiseTensorProduct(gated, f"{self.n_gate}x0e") if self.n_gate else None
 
     def forward(self, x):
         s, g = self.n_scalar, self.n_gate
-        scalars = self.act(x[:, :s])
+        scalars = torch.cat([act(x[:, a:b]) for a, b, act in self.segments], dim=-1)
         if self.mul is None:
             return scalars
         gates = self.gate_act(x[:, s : s + g])
@@ -255,6 +263,7 @@ class TorchInteraction(torch.nn.Module):
         self.gate = TorchGate(hidden)
         self.skip = o3.Linear(irreps_in, hidden)
         self.irreps_out = hidden
+        self.msg_dim = irreps_msg.dim  # a plain int for forward (torch.compile)
         # scalar inputs: mix on the edges (as e3elastic.network.model.Interaction._scalar_messages)
         self.scalar_input = irreps_in.lmax == 0 and len(irreps_in) == 1
         if self.scalar_input:
@@ -300,42 +309,43 @@ class TorchInteraction(torch.nn.Module):
         """Index tables for the edge-side mix: path ``l`` of channel ``u`` is ``x_u Y_lm``
         (times a constant the tensor product's normalisation fixes, measured here)."""
         mul = irreps_in[0].mul
-        self.paths = [ir for _, ir in irreps_msg]
-        out, sh = _unit_scalar_product(irreps_in, irreps_sh, self.paths)
-        self.sh_slices = [
-            irreps_sh.slices()[[i for _, i in irreps_sh].index(ir)] for ir in self.paths
-        ]
+        paths = [ir for _, ir in irreps_msg]
+        out, sh = _unit_scalar_product(irreps_in, irreps_sh, paths)
+        self.sh_slices = [irreps_sh.slices()[[i for _, i in irreps_sh].index(ir)] for ir in paths]
         self.factors = [
             _path_factor(out[sl_msg][: ir.dim], sh[sl_sh], ir)
             for (_, ir), sl_msg, sl_sh in zip(
                 irreps_msg, irreps_msg.slices(), self.sh_slices, strict=True
             )
         ]
-        self.out_index = [[i for _, i in gate_in].index(ir) for ir in self.paths]
-        self.gate_in = gate_in
+        self.out_index = [[i for _, i in gate_in].index(ir) for ir in paths]
+        # plain ints and slices for forward: torch.compile cannot guard on e3nn's Irreps
+        self.path_dims = [ir.dim for ir in paths]
+        self.out_slices = list(gate_in.slices())
+        self.gate_in_shapes = [(c, ir.dim) for c, ir in gate_in]
+        self.mix_dim = self.mix.irreps_in.dim
         self.mul = mul
 
     def _scalar_forward(self, x, sh, radial, senders, receivers):
         mul, weights = self.mul, self.radial(radial)  # (E, n_paths * mul)
         # mix's matrix per path: its output on unit vectors of the channels (m = 0 only)
-        basis = torch.zeros(mul, self.mix.irreps_in.dim, dtype=x.dtype, device=x.device)
+        basis = torch.zeros(mul, self.mix_dim, dtype=x.dtype, device=x.device)
         start = 0
-        for ir in self.paths:
-            basis[torch.arange(mul), start + torch.arange(mul) * ir.dim] = 1.0
-            start += mul * ir.dim
+        for dim in self.path_dims:
+            basis[torch.arange(mul), start + torch.arange(mul) * dim] = 1.0
+            start += mul * dim
         mixed = self.mix(basis)  # (mul, gate_in)
-        out_slices = self.gate_in.slices()
         xe = x[senders]  # (E, mul)
-        parts = [None] * len(self.gate_in)
-        for p, ir in enumerate(self.paths):
+        parts = [None] * len(self.gate_in_shapes)
+        for p, dim in enumerate(self.path_dims):
             j = self.out_index[p]
-            c = self.gate_in[j].mul
-            w = mixed[:, out_slices[j]].reshape(mul, c, ir.dim)[:, :, 0] * self.factors[p]
+            c = self.gate_in_shapes[j][0]
+            w = mixed[:, self.out_slices[j]].reshape(mul, c, dim)[:, :, 0] * self.factors[p]
             z = (xe * weights[:, p * mul : (p + 1) * mul]) @ w  # (E, c)
             parts[j] = (z[:, :, None] * sh[:, None, self.sh_slices[p]]).reshape(len(xe), -1)
-        for j, (c, ir) in enumerate(self.gate_in):
+        for j, (c, dim) in enumerate(self.gate_in_shapes):
             if parts[j] is None:
-                parts[j] = torch.zeros(len(xe), c * ir.dim, dtype=x.dtype, device=x.device)
+                parts[j] = torch.zeros(len(xe), c * dim, dtype=x.dtype, device=x.device)
         msg = torch.cat(parts, dim=1)
         agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
         return agg.index_add(0, receivers, msg) * self.inv_sqrt_neighbours
@@ -345,7 +355,7 @@ class TorchInteraction(torch.nn.Module):
         ``tp_rest``, each summed on receivers before it is placed in its columns."""
         weights = self.radial(radial)  # (E, n_paths * mul)
         xs = x[senders]
-        agg = torch.zeros(x.shape[0], self.tp.irreps_out.dim, dtype=x.dtype, device=x.device)
+        agg = torch.zeros(x.shape[0], self.msg_dim, dtype=x.dtype, device=x.device)
         rest = self.tp_rest(xs[:, self.mul0 :], sh) * weights[:, self.weight_index[self.rest_index]]
         agg[:, self.rest_index] = torch.zeros_like(agg[:, : rest.shape[1]]).index_add(
             0, receivers, rest
