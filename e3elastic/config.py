@@ -204,6 +204,11 @@ class TrainConfig:
     Voigt-Reuss-Hill averages of the predicted C (:func:`e3elastic.training.steps.moduli_term`).
     With 0 they stay out of training. ``moduli_weight_tensor`` adds the same term, with its own
     weight, to the crystals that have a full tensor.
+
+    ``ema_decay`` in (0, 1) keeps an exponential moving average of the weights, updated after
+    every step (:func:`e3elastic.training.steps.params_ema`); validation, early stopping and the
+    exported bundle then use the averaged weights, and training goes on from the raw ones.
+    0 (the default) keeps no average.
     """
 
     seed: int = 0
@@ -213,6 +218,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.02
     clip_norm: float = 1.0
     weight_decay: float = 0.0
+    ema_decay: float = 0.0
     patience: int = 15
     eval_every: int = 1
     checkpoint_every: int = 1
@@ -235,6 +241,8 @@ class TrainConfig:
         for name in ("frobenius_weight", "moduli_weight", "moduli_weight_tensor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.loop not in LOOPS:
             raise ValueError(f"train.loop must be one of {LOOPS}, got {self.loop!r}")
         if self.oversample < 1:

@@ -733,3 +733,78 @@ def test_oversample_repeats_the_crystals_of_one_theory():
         cfg.default().override(["train.oversample=0"])
     with pytest.raises(ValueError, match="unknown level of theory"):
         cfg.default().override(["train.oversample=2", "train.oversample_theory=hse"])
+
+
+def test_params_ema_is_the_bias_corrected_average_of_the_weights():
+    import optax
+
+    from e3elastic.training.steps import evaluation_params, params_ema
+
+    decay = 0.8
+    tx = optax.chain(optax.sgd(0.1), params_ema(decay))
+    params = {"w": np.array([1.0, -2.0]), "b": np.array(0.5)}
+    state = tx.init(params)
+    assert evaluation_params(params, state, decay) is params  # no step yet: the weights
+    seen = []
+    for t in range(6):
+        grads = {"w": params["w"] * (t + 1), "b": np.array(1.0 - t)}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        seen.append({k: np.asarray(v) for k, v in params.items()})
+    # every weight vector after a step, weighted (1 - d) d^(T - t), normalised to sum to one
+    n = len(seen)
+    weights = np.array([(1 - decay) * decay ** (n - 1 - t) for t in range(n)])
+    weights /= weights.sum()
+    averaged = evaluation_params(params, state, decay)
+    for k in params:
+        want = sum(w * p[k] for w, p in zip(weights, seen, strict=True))
+        np.testing.assert_allclose(np.asarray(averaged[k]), want, rtol=1e-6)
+        assert not np.allclose(np.asarray(averaged[k]), np.asarray(params[k]))
+    # the updates pass through unchanged: the same chain without the average trains the same
+    plain = optax.sgd(0.1)
+    p2 = {"w": np.array([1.0, -2.0]), "b": np.array(0.5)}
+    s2 = plain.init(p2)
+    for t in range(6):
+        u, s2 = plain.update({"w": p2["w"] * (t + 1), "b": np.array(1.0 - t)}, s2, p2)
+        p2 = optax.apply_updates(p2, u)
+    for k in params:
+        np.testing.assert_array_equal(np.asarray(params[k]), np.asarray(p2[k]))
+
+
+def test_ema_decay_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="ema_decay"):
+        cfg.tiny().override(["train.ema_decay=1.0"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        cfg.tiny().override(["train.ema_decay=-0.1"])
+
+
+def test_an_ema_run_trains_the_same_weights_and_validates_and_exports_the_average(
+    sizes_dataset, tmp_path
+):
+    plain_cfg = _loop_config("scan", epochs=3, learning_rate=3e-3, patience=100)
+    ema_cfg = plain_cfg.override(["train.ema_decay=0.9"])
+    prep = train.prepare_data(plain_cfg, dataset=sizes_dataset)
+    assert prep.graphs["val"]
+    train.train_and_evaluate(plain_cfg, tmp_path / "plain", prepared=prep, progress=False)
+    full = tmp_path / "ema"
+    out = train.train_and_evaluate(ema_cfg, full, prepared=prep, progress=False)
+    p_rec, e_rec = _metrics(tmp_path / "plain"), _metrics(full)
+    # the average never feeds back into training: the same losses, step for step
+    assert [r["train_loss"] for r in p_rec] == [r["train_loss"] for r in e_rec]
+    # but validation sees the averaged weights
+    for a, b in zip(p_rec, e_rec, strict=True):
+        assert a["val"]["rel_frobenius"] != b["val"]["rel_frobenius"]
+    # and the exported best bundle holds the weights that were validated at the best epoch
+    np.testing.assert_allclose(
+        out["val"]["rel_frobenius"], e_rec[out["best_epoch"]]["val"]["rel_frobenius"], rtol=1e-5
+    )
+
+    # interrupted after epoch 0 and resumed: bit for bit the uninterrupted run
+    part = tmp_path / "part"
+    with pytest.raises(Stop), messages_to(_stop_after(0)):
+        train.train_and_evaluate(ema_cfg, part, prepared=prep, progress=False)
+    train.train_and_evaluate(ema_cfg, part, prepared=prep, resume=True, progress=False)
+    assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    assert (part / "best" / "params.npz").read_bytes() == (
+        full / "best" / "params.npz"
+    ).read_bytes()

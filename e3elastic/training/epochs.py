@@ -26,7 +26,7 @@ from .parallel import DataParallel
 from .plan import BucketSteps, Step, epoch_order, flagged_ids
 from .prepare import Prepared, TrainingError
 from .rundir import append_jsonl
-from .steps import TrainState
+from .steps import TrainState, evaluation_params
 
 __all__ = ["Run", "np_dtype", "run_epoch", "upload_steps"]
 
@@ -223,6 +223,11 @@ def _non_finite(run: Run, epoch: int, step: Step, bad) -> TrainingError:
     )
 
 
+def _weights(run: Run, state: TrainState):
+    """The weights to validate and export: the moving average with ``train.ema_decay``."""
+    return evaluation_params(state.params, state.opt_state, run.config.train.ema_decay)
+
+
 def _score(m: dict[str, Any]) -> float:
     return float(m.get("rel_frobenius", math.inf))
 
@@ -237,7 +242,7 @@ def _validate(run: Run, state: TrainState, record: dict) -> tuple[TrainState, bo
     if (epoch + 1) % run.config.train.eval_every != 0:
         return state, False
     vm = evaluate_model(
-        run.predict_step, state.params, run.stats, prep, "val", run.config, run.dtype
+        run.predict_step, _weights(run, state), run.stats, prep, "val", run.config, run.dtype
     )
     record["val"] = {k: v for k, v in vm.items() if not k.startswith("by_")}
     if _score(vm) < state.best_score:
@@ -276,7 +281,7 @@ def _export_best(run: Run, state: TrainState, val_metrics: dict) -> None:
     export_bundle(
         run.workdir / "best",
         run.config,
-        state.params,
+        _weights(run, state),
         run.stats,
         {
             "epoch": state.epoch,

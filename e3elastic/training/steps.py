@@ -2,7 +2,9 @@
 
 * :func:`create_model`, :func:`init_params`, :func:`cast_params`: the network of a config and
   its weights in the training dtype;
-* :func:`create_optimizer`: optax Adam(W), linear warm-up then cosine decay, gradient clipping;
+* :func:`create_optimizer`: optax Adam(W), linear warm-up then cosine decay, gradient clipping,
+  and with ``train.ema_decay`` a moving average of the weights (:func:`params_ema`,
+  :func:`evaluation_params`);
 * :func:`volume_augmentation`: isotropic scaling of part of every batch, targets following
   Murnaghan's law;
 * :func:`per_graph_loss`: the mean squared error over the 21 normalised irreps coefficients
@@ -21,7 +23,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,9 @@ __all__ = [
     "cast_params",
     "create_model",
     "create_optimizer",
+    "evaluation_params",
+    "ParamsEMAState",
+    "params_ema",
     "frobenius_term",
     "init_params",
     "loss_terms",
@@ -110,11 +115,62 @@ def create_optimizer(config: Config, steps_per_epoch: int):
         decay_steps=total,
         end_value=tc.learning_rate * tc.final_lr_fraction,
     )
-    tx = optax.chain(
+    parts = [
         optax.clip_by_global_norm(tc.clip_norm),
         optax.adamw(schedule, weight_decay=tc.weight_decay),
-    )
-    return tx, schedule
+    ]
+    if tc.ema_decay > 0:
+        parts.append(params_ema(tc.ema_decay))
+    return optax.chain(*parts), schedule
+
+
+class ParamsEMAState(NamedTuple):
+    """State of :func:`params_ema`: the number of steps averaged and the running sum."""
+
+    count: jax.Array
+    ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """The last link of an optax chain that keeps a moving average of the weights.
+
+    It leaves the updates as they are and records the weights they lead to:
+    ``ema <- decay * ema + (1 - decay) * (params + updates)``, starting from zeros, so that
+    ``ema / (1 - decay**count)`` (:func:`evaluation_params`) is an average with weights
+    summing to one from the first step. Living in the optimizer state, it is saved, restored
+    and sharded with it.
+    """
+    if not 0 < decay < 1:
+        raise ValueError(f"the EMA decay must be in (0, 1), got {decay}")
+
+    def init(params):
+        return ParamsEMAState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("params_ema needs the params (call tx.update(grads, state, params))")
+        new = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, new)
+        return updates, ParamsEMAState(state.count + 1, ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def evaluation_params(params, opt_state, decay: float):
+    """The weights to evaluate and export: the bias-corrected moving average kept by
+    :func:`params_ema` in ``opt_state`` when ``decay`` > 0 and at least one step has been
+    taken, else ``params``."""
+    if decay <= 0:
+        return params
+    found = [s for s in opt_state if isinstance(s, ParamsEMAState)]
+    if not found:
+        raise TrainingError("ema_decay is set but the optimizer state holds no moving average")
+    state = found[0]
+    count = int(state.count)
+    if count == 0:
+        return params
+    norm = 1.0 - decay**count
+    return jax.tree.map(lambda e, p: (e / norm).astype(p.dtype), state.ema, params)
 
 
 def volume_augmentation(config: Config, stats: dict[str, np.ndarray]):
