@@ -413,6 +413,70 @@ def test_evaluate_takes_names_and_ensembles_and_writes_per_crystal(
     assert json.loads(capsys.readouterr().out)["metrics"]["n"] == 3
 
 
+def test_evaluate_scores_crystals_with_only_k_and_g_and_writes_them_to_csv(
+    model_dir, ensemble_dir, tmp_path, capsys
+):
+    import csv
+
+    from pymatgen.core import Lattice, Structure
+
+    data = json.loads(_cubic_data_file(tmp_path / "cubic.json").read_text())
+
+    def rocksalt(a_el, b_el, a):
+        s = Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(a), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        )
+        return s.as_dict()
+
+    moduli = [
+        {
+            "id": "kg-kcl",
+            "structure": rocksalt("K", "Cl", 6.29),
+            "K_VRH_GPa": 17.0,
+            "G_VRH_GPa": 9.0,
+        },
+        {
+            "id": "kg-lif",
+            "structure": rocksalt("Li", "F", 4.03),
+            "K_VRH_GPa": 70.0,
+            "G_VRH_GPa": 45.0,
+        },
+    ]
+    mixed, only = tmp_path / "mixed.json", tmp_path / "only.json"
+    mixed.write_text(json.dumps(data + moduli))
+    only.write_text(json.dumps(moduli))
+
+    out = tmp_path / "mixed.csv"
+    args = ["evaluate", "--model", str(ensemble_dir), "--data", str(mixed), "--out", str(out)]
+    assert cli.main(args) == 0
+    rows = {r["id"]: r for r in csv.DictReader(out.read_text().splitlines())}
+    assert set(rows) == {"t-nacl", "t-mgo", "t-cscl", "kg-kcl", "kg-lif"}
+    kcl, lif, nacl = rows["kg-kcl"], rows["kg-lif"], rows["t-nacl"]
+    assert float(kcl["K_VRH_true_GPa"]) == 17.0 and float(kcl["G_VRH_true_GPa"]) == 9.0
+    assert kcl["C11_true"] == "" and kcl["rel_frobenius"] == ""
+    assert float(kcl["C11_pred"]) > 0 and float(kcl["C11_std"]) > 0  # a full predicted tensor
+    assert float(lif["G_VRH_true_GPa"]) == 45.0
+    assert float(nacl["C11_true"]) == 49.0 and float(nacl["C11_std"]) > 0
+    # the predicted K of a K/G-only row is the Hill average of its predicted tensor
+    c = np.zeros((6, 6))
+    for i in range(6):
+        for j in range(i, 6):
+            c[i, j] = c[j, i] = float(kcl[f"C{i + 1}{j + 1}_pred"])
+    k_hill = tensors.bulk_modulus(c)["hill"]
+    assert float(kcl["K_VRH_pred_GPa"]) == pytest.approx(k_hill, rel=1e-3)
+
+    # a file with K/G alone is evaluated too
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(model_dir), "--data", str(only), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    mm = rep["moduli_only"]["metrics"]
+    assert rep["metrics"]["n"] == 0 and mm["n"] == 2
+    assert np.isfinite(mm["mae_G_VRH_GPa"]) and np.isfinite(mm["mae_K_VRH_GPa"])
+    assert cli.main(["evaluate", "--model", str(model_dir), "--data", str(only)]) == 0
+    text = capsys.readouterr().out
+    assert "K/G-only crystals (n=2): MAE K_VRH" in text and "rel Frob" not in text
+
+
 def test_ensemble_sigma_scale_is_applied(ensemble_dir, tmp_path):
     import shutil
 

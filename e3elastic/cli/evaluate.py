@@ -52,26 +52,50 @@ def _print_coverage(res: dict) -> None:
         print(f"{q:<10}{c['n']:>7}{c['within_1_sigma']:>16.2f}{c['within_2_sigma']:>16.2f}")
 
 
-def _crystals_csv(rows: list[dict]) -> str:
+def _crystals_csv(rows: list[dict], moduli_rows: list[dict] = ()) -> str:
+    """One CSV row per crystal: the crystals with a tensor, then those with K/G only (blank
+    reference tensor and tensor errors); the predicted 6x6 upper triangle for every crystal,
+    and for ensembles its standard deviation."""
     import csv
     import io
 
-    keys = [k for k in rows[0] if not k.endswith("voigt_GPa")] if rows else []
+    every = [*rows, *moduli_rows]
+    keys: list[str] = []
+    for r in every:
+        keys += [k for k in r if not k.endswith("voigt_GPa") and k not in keys]
+    std = any("voigt_std_GPa" in r for r in every)
+    keys = [k for k in keys if k != "voigt_std_GPa"]
+    upper = [(i, j) for i in range(6) for j in range(i, 6)]
+
+    def entries(r: dict, key: str) -> list[str]:
+        m = r.get(key)
+        return [f"{m[i][j]:.4f}" if m is not None else "" for i, j in upper]
+
     buf = io.StringIO()
     w = csv.writer(buf)
-    upper = [(i, j) for i in range(6) for j in range(i, 6)]
     w.writerow(
         keys
         + [f"C{i + 1}{j + 1}_pred" for i, j in upper]
         + [f"C{i + 1}{j + 1}_true" for i, j in upper]
+        + ([f"C{i + 1}{j + 1}_std" for i, j in upper] if std else [])
     )
-    for r in rows:
+    for r in every:
         w.writerow(
-            [r[k] for k in keys]
-            + [f"{r['pred_voigt_GPa'][i][j]:.4f}" for i, j in upper]
-            + [f"{r['true_voigt_GPa'][i][j]:.4f}" for i, j in upper]
+            [r.get(k, "") for k in keys]
+            + entries(r, "pred_voigt_GPa")
+            + entries(r, "true_voigt_GPa")
+            + (entries(r, "voigt_std_GPa") if std else [])
         )
     return buf.getvalue()
+
+
+def _print_moduli(mm: dict) -> None:
+    """The K/G-only crystals' line of the report."""
+    print(
+        f"K/G-only crystals (n={mm['n']}): MAE K_VRH {mm['mae_K_VRH_GPa']:.2f} GPa, "
+        f"G_VRH {mm['mae_G_VRH_GPa']:.2f} GPa; MAE log10 K {mm['mae_log10_K_VRH']:.4f}, "
+        f"log10 G {mm['mae_log10_G_VRH']:.4f}"
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -82,7 +106,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = {k: v for k, v in res.items() if k != "arrays"}
     if args.out:
         if Path(args.out).suffix.lower() == ".csv":
-            write_output(args.out, _crystals_csv(report["crystals"]))
+            moduli_rows = report.get("moduli_only", {}).get("crystals", [])
+            write_output(args.out, _crystals_csv(report["crystals"], moduli_rows))
         else:
             write_output(args.out, json.dumps(to_json_ready(report), indent=2))
     if args.json:
@@ -97,16 +122,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"model {res['model']} ({res['model_version']}, {res['members']} member(s)); "
         f"evaluated on {res['evaluated']}"
     )
-    _print_metrics_table(res["metrics"], res["mae_definition"])
+    if res["metrics"]["n"]:
+        _print_metrics_table(res["metrics"], res["mae_definition"])
     if "coverage" in res:
         _print_coverage(res)
     if "moduli_only" in res:
-        mm = res["moduli_only"]["metrics"]
-        print(
-            f"K/G-only crystals (n={mm['n']}): MAE K_VRH {mm['mae_K_VRH_GPa']:.2f} GPa, "
-            f"G_VRH {mm['mae_G_VRH_GPa']:.2f} GPa; MAE log10 K {mm['mae_log10_K_VRH']:.4f}, "
-            f"log10 G {mm['mae_log10_G_VRH']:.4f}"
-        )
+        _print_moduli(res["moduli_only"]["metrics"])
+        skipped = res["moduli_only"]["skipped"]
+        if skipped:
+            print(f"skipped {len(skipped)} K/G-only crystal(s) whose graph failed", file=sys.stderr)
     if res["skipped"]:
         print(f"skipped {len(res['skipped'])} crystal(s) whose graph failed", file=sys.stderr)
     if args.out:

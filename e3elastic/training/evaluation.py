@@ -140,12 +140,19 @@ def crystal_rows(ev: Evaluated, scale: dict[str, float] | None = None) -> list[d
             "true_voigt_GPa": ev.true[i].tolist(),
             "pred_voigt_GPa": ev.mean[i].tolist(),
         }
-        if spread is not None:
-            row["K_VRH_std_GPa"] = float(spread["K_VRH"][i] * scale.get("K_VRH", 1.0))
-            row["G_VRH_std_GPa"] = float(spread["G_VRH"][i] * scale.get("G_VRH", 1.0))
-            row["voigt_std_GPa"] = (spread["voigt"][i] * scale.get("voigt", 1.0)).tolist()
-        rows.append(row)
+        rows.append(row | _spread_fields(spread, i, scale))
     return rows
+
+
+def _spread_fields(spread: dict | None, i: int, scale: dict[str, float]) -> dict[str, Any]:
+    """An ensemble's (calibrated) standard deviations of crystal ``i``: K, G and the 6x6."""
+    if spread is None:
+        return {}
+    return {
+        "K_VRH_std_GPa": float(spread["K_VRH"][i] * scale.get("K_VRH", 1.0)),
+        "G_VRH_std_GPa": float(spread["G_VRH"][i] * scale.get("G_VRH", 1.0)),
+        "voigt_std_GPa": (spread["voigt"][i] * scale.get("voigt", 1.0)).tolist(),
+    }
 
 
 def evaluate(
@@ -169,34 +176,38 @@ def evaluate(
     records, note = load_records(model, data, split)
     moduli_records = [r for r in records if not r.has_tensor]
     records = [r for r in records if r.has_tensor]
-    if not records:
-        raise EvaluationError(f"{note}: no crystal with a full tensor to evaluate on")
-    ev = predict_records(model, records, batch_size)
-    m = metrics.tensor_metrics(
-        ev.mean,
-        ev.true,
-        [r.crystal_system or "unknown" for r in ev.records],
-        {g: [getattr(r, g) for r in ev.records] for g in ("theory", "source")},
-    )
-    scale = model.sigma_scale
+    if not records and not moduli_records:
+        raise EvaluationError(f"{note}: no crystal with a full tensor or K/G to evaluate on")
     out: dict[str, Any] = {
         "model": model.name,
         "model_version": model.version,
         "members": model.n_members,
         "evaluated": note,
         "mae_definition": MAE_DEFINITION,
-        "metrics": m,
-        "skipped": ev.skipped,
-        "crystals": crystal_rows(ev, scale),
-        "arrays": {
+        "metrics": {"n": 0},
+        "skipped": [],
+        "crystals": [],
+        "arrays": {"ids": [], "pred_voigt": np.zeros((0, 6, 6)), "true_voigt": np.zeros((0, 6, 6))},
+    }
+    if records:
+        ev = predict_records(model, records, batch_size)
+        scale = model.sigma_scale
+        out["metrics"] = metrics.tensor_metrics(
+            ev.mean,
+            ev.true,
+            [r.crystal_system or "unknown" for r in ev.records],
+            {g: [getattr(r, g) for r in ev.records] for g in ("theory", "source")},
+        )
+        out["skipped"] = ev.skipped
+        out["crystals"] = crystal_rows(ev, scale)
+        out["arrays"] = {
             "ids": [r.id for r in ev.records],
             "pred_voigt": ev.mean,
             "true_voigt": ev.true,
-        },
-    }
-    if model.n_members > 1:
-        out["coverage"] = coverage(ev, scale)
-        out["sigma_scale"] = scale
+        }
+        if model.n_members > 1:
+            out["coverage"] = coverage(ev, scale)
+            out["sigma_scale"] = scale
     if moduli_records:
         out["moduli_only"] = _moduli_evaluation(model, moduli_records, batch_size)
     return out
@@ -206,8 +217,9 @@ def _moduli_evaluation(model: Model, records, batch_size: int) -> dict[str, Any]
     """Predicted K_VRH, G_VRH against records that have only those: ``{"metrics",
     "skipped", "crystals"}``."""
     ev = predict_records(model, records, batch_size)
-    kg = np.array([r.kg for r in ev.records]).reshape(-1, 2)
+    kg = np.array([r.kg for r in ev.records], np.float64).reshape(-1, 2)
     pred = ev.mean
+    spread = ev.spread() if ev.member_voigt.shape[0] > 1 else None
     k_pred = tensors.bulk_modulus(pred)["hill"]
     g_pred = tensors.shear_modulus(pred)["hill"]
     rows = [
@@ -215,12 +227,15 @@ def _moduli_evaluation(model: Model, records, batch_size: int) -> dict[str, Any]
             "id": r.id,
             "formula": r.formula,
             "source": r.source,
+            "theory": r.theory,
             "crystal_system": r.crystal_system,
             "K_VRH_true_GPa": float(kg[i, 0]),
             "K_VRH_pred_GPa": _scalar(k_pred[i]),
             "G_VRH_true_GPa": float(kg[i, 1]),
             "G_VRH_pred_GPa": _scalar(g_pred[i]),
+            "pred_voigt_GPa": pred[i].tolist(),
         }
+        | _spread_fields(spread, i, model.sigma_scale or {})
         for i, r in enumerate(ev.records)
     ]
     return {
