@@ -3,12 +3,13 @@
     python scripts/sweep_table.py checkpoints/RUN [checkpoints/RUN ...] [--out FILE.json]
 
 For each run folder (``e3elastic train --workdir``): the network (hidden irreps, blocks, radial
-MLP), trainable parameters (from the best bundle's ``params.npz``), median seconds per epoch
-after the first (``timing.jsonl``; the first includes compilation), epochs done of those
-planned, and at the best validation epoch (``metrics.jsonl``): relative Frobenius error, EwT25,
-EwT10, MAE log10 K and G on the crystals with a tensor, and MAE K and G (GPa) on the K/G-only
-crystals. A finished run also shows its train-split error (``final_metrics.json``), so one can
-see where a candidate stops underfitting. Reads files only: runs still training can be listed.
+MLP, and the EMA decay and weight decay where set), trainable parameters (from the best
+bundle's ``params.npz``), median seconds per epoch after the first (``timing.jsonl``; the first
+includes compilation), epochs done of those planned, and at the best validation epoch
+(``metrics.jsonl``): relative Frobenius error, EwT25, EwT10, MAE log10 K and G on the crystals
+with a tensor, and MAE K and G (GPa) on the K/G-only crystals. A finished run also shows its
+train-split error (``final_metrics.json``), so one can see where a candidate stops underfitting.
+Reads files only: runs still training can be listed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def run_row(folder: Path) -> dict[str, Any]:
         "radial_hidden": model["radial_hidden"],
         "cutoff": model["cutoff"],
         "seed": train["seed"],
+        "ema_decay": train.get("ema_decay", 0.0),
+        "weight_decay": train.get("weight_decay", 0.0),
         "holdout": config["data"]["holdout"],
         "parameters": n_params,
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
@@ -87,6 +90,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         net = f"{r['n_layers']} x {r['hidden_irreps']}, radial {r['radial_hidden']}"
+        if r.get("ema_decay"):
+            net += f"; EMA {r['ema_decay']}"
+        if r.get("weight_decay"):
+            net += f"; weight decay {r['weight_decay']}"
         print(
             f"| {r['run']} | {net} | {_cell(r['parameters'], ',')} | "
             f"{_cell(r['seconds_per_epoch'], '.0f')} | {r['epochs_done']}/{r['epochs_planned']} | "
