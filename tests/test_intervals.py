@@ -152,3 +152,35 @@ def test_the_shipped_ensemble_has_fitted_intervals():
         assert fitted["floor"] >= 0
         assert 0 < fitted["68"] < fitted["95"]
     assert model.provenance()["intervals_calibrated"] is True
+
+
+def test_coverage_counts_crystals_with_k_and_g_only(rng):
+    """A record with K and G alone is scored on them: the same coverage as the same crystal
+    given as its isotropic tensor."""
+    from e3elastic.training.evaluation import (
+        Evaluated,
+        fit_interval_scale,
+        interval_coverage,
+        reference_moduli,
+    )
+
+    ev = _synthetic(rng, 300)
+    scale = fit_interval_scale(ev)
+    k = tensors.bulk_modulus(ev.true)["hill"]
+    g = tensors.shear_modulus(ev.true)["hill"]
+    moduli_only = [SimpleNamespace(voigt=None, moduli=(a, b)) for a, b in zip(k, g, strict=True)]
+    ref = reference_moduli(moduli_only)
+    np.testing.assert_allclose(ref["youngs_modulus"], _young(k, g), rtol=1e-12)
+    np.testing.assert_allclose(ref["youngs_modulus"], tensors.youngs_modulus(ev.true), rtol=1e-9)
+    kg_ev = Evaluated(records=moduli_only, member_voigt=ev.member_voigt, skipped=[])
+    _same_coverage(interval_coverage(kg_ev, scale), interval_coverage(ev, scale))
+    # mixed: half with tensors, half with K/G only
+    mixed = [ev.records[i] if i % 2 else moduli_only[i] for i in range(len(moduli_only))]
+    mixed_ev = Evaluated(records=mixed, member_voigt=ev.member_voigt, skipped=[])
+    _same_coverage(interval_coverage(mixed_ev, scale), interval_coverage(ev, scale))
+
+
+def _same_coverage(a, b):
+    assert a.keys() == b.keys()
+    for q in a:
+        assert a[q] == pytest.approx(b[q], rel=1e-9), q

@@ -29,6 +29,7 @@ __all__ = [
     "fit_interval_scale",
     "fit_sigma_scale",
     "interval_coverage",
+    "reference_moduli",
 ]
 
 #: Quantities whose ensemble spread is calibrated: the Voigt components symmetry leaves free,
@@ -136,10 +137,29 @@ def _log_errors(ev: Evaluated) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
 
     spread = log_spread(ev.member_voigt)
     centre = _moduli_of(ev.mean)
-    true = _moduli_of(ev.true)
+    true = reference_moduli(ev.records)
     with np.errstate(divide="ignore", invalid="ignore"):
         err = {q: np.abs(np.log(true[q] / centre[q])) for q in INTERVAL_QUANTITIES}
     return err, spread
+
+
+def reference_moduli(records) -> dict[str, np.ndarray]:
+    """K_VRH, G_VRH and Young's modulus E = 9KG / (3K + G) of each record's label, ``(n,)``
+    each: the Hill averages of its tensor (``voigt``), or for a crystal with K and G only
+    (``moduli``), those."""
+    n = len(records)
+    out = {q: np.full(n, np.nan) for q in ("K_VRH", "G_VRH", "youngs_modulus")}
+    has = np.array([r.voigt is not None for r in records], bool)
+    if has.any():
+        from_tensor = _moduli_of(np.stack([r.voigt for r in records if r.voigt is not None]))
+        for q, v in out.items():
+            v[has] = from_tensor[q]
+    if not has.all():
+        kg = np.array([r.moduli for r in records if r.voigt is None], np.float64)
+        k, g = kg[:, 0], kg[:, 1]
+        out["K_VRH"][~has], out["G_VRH"][~has] = k, g
+        out["youngs_modulus"][~has] = 9 * k * g / (3 * k + g)
+    return out
 
 
 def _moduli_of(voigts: np.ndarray) -> dict[str, np.ndarray]:

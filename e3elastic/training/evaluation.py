@@ -41,6 +41,7 @@ from .calibration import (
     fit_interval_scale,
     fit_sigma_scale,
     interval_coverage,
+    reference_moduli,
 )
 from .prepare import Prepared, graph_cache_dir, graphs_for_records
 
@@ -60,6 +61,7 @@ __all__ = [
     "interval_coverage",
     "predict_irreps",
     "predict_records",
+    "reference_moduli",
 ]
 
 logger = logging.getLogger(__name__)
