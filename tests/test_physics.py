@@ -86,6 +86,12 @@ def model():
     return e3elastic.load_model("default")
 
 
+@pytest.fixture(scope="module", params=["default", "ensemble"])
+def shipped_model(request):
+    """Each shipped model in turn: the physics below must hold for both."""
+    return e3elastic.load_model(request.param)
+
+
 def test_unseen_crystals_are_absent_from_the_training_data(model, data_folder):
     # guards the test below: these must be crystals the shipped model never saw (its split
     # ids, looked up in the data; newer data files may well hold these formulas)
@@ -100,15 +106,15 @@ def test_unseen_crystals_are_absent_from_the_training_data(model, data_folder):
     "name",
     ["PbS", "Au", "KMgF3", "KZnF3", "BaZrO3", "ZnAl2O4", "CsCl", "LiCl", "TiN", "MgF2"],
 )
-def test_bulk_modulus_falls_with_volume(model, name):
+def test_bulk_modulus_falls_with_volume(shipped_model, name):
     s = (unseen_crystals() | binaries_in_the_data())[name]
-    results = e3elastic.predict([_scaled(s, f) for f in SCALES], model=model)
+    results = e3elastic.predict([_scaled(s, f) for f in SCALES], model=shipped_model)
     assert all(r["error"] is None for r in results)
     k = [r["K_VRH_GPa"] for r in results]
     assert k[0] > k[1] > k[2], (name, np.round(k, 2).tolist())
 
 
-def test_predictions_are_positive_definite(model, rng):
+def test_predictions_are_positive_definite(shipped_model, rng):
     from pathlib import Path
 
     examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.cif"))
@@ -128,7 +134,7 @@ def test_predictions_are_positive_definite(model, rng):
         d = s.distance_matrix + 1e3 * np.eye(n)
         if d.min() > 1.8 and min(s.lattice.abc) > 1.8 and s.volume / n > 8:
             structures.append(s)
-    results = e3elastic.predict(structures, model=model)
+    results = e3elastic.predict(structures, model=shipped_model)
     assert all(r["error"] is None for r in results), [r["error"] for r in results]
     for r in results:
         assert r["born_stable"] and r["min_eigenvalue_GPa"] > 0
