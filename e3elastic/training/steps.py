@@ -125,7 +125,8 @@ def create_optimizer(config: Config, steps_per_epoch: int):
 
 
 class ParamsEMAState(NamedTuple):
-    """State of :func:`params_ema`: the number of steps averaged and the running sum."""
+    """State of :func:`params_ema`: the number of steps averaged and the running average
+    before its bias correction."""
 
     count: jax.Array
     ema: Any
