@@ -543,7 +543,12 @@ def test_summed_messages_are_the_scattered_weighted_tensor_product(irreps_in, fi
     import e3nn_jax as e3nn
     import jax.numpy as jnp
 
-    from e3elastic.network.kernels import edge_tensor_product, scale_paths, summed_messages
+    from e3elastic.network.kernels import (
+        LinearWeights,
+        edge_tensor_product,
+        scale_paths,
+        summed_messages,
+    )
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(3)
@@ -560,3 +565,101 @@ def test_summed_messages_are_the_scattered_weighted_tensor_product(irreps_in, fi
         got = summed_messages(x, sh, w, filt, receivers, n_node)
         assert got.irreps == want.irreps
         np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-11)
+        # the same weights as an unevaluated last layer (each input irrep's weights made by
+        # one product with selected kernel columns): the same sums
+        hidden = jnp.asarray(rng.normal(size=(n_edge, 5)))
+        kernel = jnp.asarray(rng.normal(size=(5, msg.irreps.num_irreps)))
+        bias = jnp.asarray(rng.normal(size=(msg.irreps.num_irreps,)))
+        lazy = LinearWeights(hidden, kernel, bias)
+        want = e3nn.scatter_sum(
+            scale_paths(msg, hidden @ kernel + bias), dst=receivers, output_size=n_node
+        )
+        got = summed_messages(x, sh, lazy, filt, receivers, n_node)
+        assert got.irreps == want.irreps
+        np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "irreps_in, filter_out, irreps_out",
+    [
+        # the default's second block: 0e -> 2e and 0e -> 4e are mixed on the edges
+        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"], "44x0e+8x2e+4x4e"),
+        # more output channels than input ones: nothing is mixed on the edges
+        ("3x0e+2x1o+1x2e", ["0e", "1o", "2e"], "5x0e+4x1o+5x2e"),
+        ("6x0e+1x1o+2x2e", ["0e", "1o", "2e", "3o"], "2x0e+1x1o+2x2e+1x3o"),
+    ],
+)
+def test_summed_messages_with_mix_are_the_mixed_sums(irreps_in, filter_out, irreps_out):
+    """``summed_messages(..., mix)`` (scalar paths mixed on the edges where ``mix`` narrows
+    them) equals ``mix(summed_messages(...))``, values and parameter gradients."""
+    import e3nn_jax as e3nn
+    import jax.numpy as jnp
+
+    from e3elastic.network.kernels import LinearWeights, edge_tensor_product, summed_messages
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(5)
+        n_node, n_edge = 5, 23
+        irreps = e3nn.Irreps(irreps_in)
+        x = e3nn.IrrepsArray(irreps, jnp.asarray(rng.normal(size=(n_edge, irreps.dim))))
+        vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(n_edge, 3))))
+        sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component")
+        filt = [e3nn.Irrep(ir) for ir in filter_out]
+        receivers = jnp.asarray(rng.integers(0, n_node, n_edge))
+        n_w = edge_tensor_product(x, sh, filt).irreps.num_irreps
+        hidden = jnp.asarray(rng.normal(size=(n_edge, 4)))
+        kernel = jnp.asarray(rng.normal(size=(4, n_w)))
+        bias = jnp.asarray(rng.normal(size=(n_w,)))
+        lin = e3nn.flax.Linear(e3nn.Irreps(irreps_out), force_irreps_out=True)
+        plain = summed_messages(x, sh, LinearWeights(hidden, kernel, bias), filt, receivers, n_node)
+        params = lin.init(jax.random.PRNGKey(0), plain)
+
+        def both(params, kernel):
+            w = LinearWeights(hidden, kernel, bias)
+            want = lin.apply(params, summed_messages(x, sh, w, filt, receivers, n_node))
+
+            def mix(a):
+                return lin.apply(params, a)
+
+            got = summed_messages(x, sh, w, filt, receivers, n_node, mix)
+            return want, got
+
+        want, got = both(params, kernel)
+        assert got.irreps == want.irreps
+        np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), atol=1e-10)
+        probe = jnp.asarray(rng.normal(size=want.array.shape))
+
+        def loss(which):
+            return lambda p, k: jnp.sum(both(p, k)[which].array * probe)
+
+        g_want = jax.grad(loss(0), argnums=(0, 1))(params, kernel)
+        g_got = jax.grad(loss(1), argnums=(0, 1))(params, kernel)
+        for a, b in zip(jax.tree.leaves(g_want), jax.tree.leaves(g_got), strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-9)
+
+
+def test_lazy_radial_mlp_is_the_radial_mlp():
+    """``RadialMLP(lazy=True)`` has the parameters (names, shapes, initial values) of the plain
+    one, and its :class:`LinearWeights` multiply out to the plain one's weights."""
+    import jax.numpy as jnp
+
+    from e3elastic.network.model import RadialMLP
+
+    r = jnp.asarray(np.random.default_rng(0).normal(size=(11, 8)), jnp.float32)
+    plain, lazy = RadialMLP((7,), 13), RadialMLP((7,), 13, lazy=True)
+    p_plain = plain.init(jax.random.PRNGKey(4), r)
+    p_lazy = lazy.init(jax.random.PRNGKey(4), r)
+    assert jax.tree.structure(p_plain) == jax.tree.structure(p_lazy)
+    for a, b in zip(jax.tree.leaves(p_plain), jax.tree.leaves(p_lazy), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    weights = lazy.apply(p_plain, r)
+    assert weights.shape == (11, 13)
+    np.testing.assert_allclose(
+        np.asarray(weights.evaluate()), np.asarray(plain.apply(p_plain, r)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(weights.columns(np.array([3, 3, 0, 12]))),
+        np.asarray(plain.apply(p_plain, r))[:, [3, 3, 0, 12]],
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -10,10 +10,15 @@ modules that hold its weights (:mod:`e3elastic.network.model`):
 * :func:`edge_tensor_product` and :func:`summed_messages` - sender features times edge
   harmonics, per edge, or summed on the receivers without forming the per-edge messages
   (a custom JVP keeps its gradient as cheap);
-* :func:`scale_paths` - the radial weights applied per path.
+* :func:`scale_paths` - the radial weights applied per path;
+* :class:`LinearWeights` - per-edge path weights left as ``hidden @ kernel + bias``, so that
+  :func:`summed_messages` can compute each input irrep's weights already laid out per output
+  component, with one matrix product.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import e3nn_jax as e3nn
 import jax
@@ -22,6 +27,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 __all__ = [
+    "LinearWeights",
     "edge_tensor_product",
     "edge_vectors",
     "envelope",
@@ -112,6 +118,10 @@ def _contract(x_in: jax.Array, ir_in: e3nn.Irrep, sh: jax.Array, cg_all: np.ndar
     need no contraction over ``m``: an outer product with the harmonics the paths select."""
     if ir_in.l == 0:
         return x_in * (sh @ cg_all[0])[:, None, :]
+    # only the harmonics some path uses (parity and the output filter rule the others out)
+    rows = np.flatnonzero(np.any(cg_all != 0, axis=(0, 2)))
+    if len(rows) < cg_all.shape[1]:
+        sh, cg_all = sh[:, rows], cg_all[:, rows, :]
     i, j, k = cg_all.shape
     # the harmonics are a concatenation of one block per l; unbarriered, XLA splits the
     # product into one full-size product per block and adds them
@@ -150,6 +160,34 @@ def edge_tensor_product(
     return out.sort().regroup()
 
 
+class LinearWeights(NamedTuple):
+    """Per-edge weights ``hidden @ kernel + bias`` ``(E, n)``, not yet multiplied out.
+
+    The last layer of a radial MLP. :meth:`columns` gives any selection of the ``n`` columns,
+    repeated or reordered, as one matrix product with the selected kernel columns; the
+    selection of a small ``(H, n)`` kernel is cheap, where the same selection of the ``(E, n)``
+    product (a concatenation of broadcast slices) is a slow copy on the edges, forward and in
+    the gradient.
+    """
+
+    hidden: jax.Array  # (E, H)
+    kernel: jax.Array  # (H, n)
+    bias: jax.Array  # (n,)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.hidden.shape[0], self.kernel.shape[1])
+
+    def columns(self, index: np.ndarray) -> jax.Array:
+        """``(hidden @ kernel + bias)[:, index]``, ``(E, len(index))``."""
+        index = np.asarray(index)
+        return self.hidden @ self.kernel[:, index] + self.bias[index]
+
+    def evaluate(self) -> jax.Array:
+        """All ``(E, n)`` weights."""
+        return self.hidden @ self.kernel + self.bias
+
+
 def summed_messages(
     x: e3nn.IrrepsArray,
     sh: e3nn.IrrepsArray,
@@ -157,13 +195,28 @@ def summed_messages(
     filter_ir_out: list[e3nn.Irrep],
     receivers: jax.Array,
     n_node: int,
+    mix=None,
 ) -> e3nn.IrrepsArray:
-    """``scatter_sum(scale_paths(edge_tensor_product(x, sh, filter_ir_out), weights))``.
+    """``scatter_sum(scale_paths(edge_tensor_product(x, sh, filter_ir_out), weights))``, or
+    ``mix`` of it.
 
     The same sums, without building the sorted ``(E, irreps_msg)`` message on the edges: the
     contraction of each irrep of ``x`` is weighted and summed on receivers as it comes (path
     by path for scalars, which need no contraction), and only the node sums ``(N, ...)`` are
     sorted into the message irreps. Equal to float round-off (``tests/test_model.py``).
+
+    ``weights`` is an ``(E, n)`` array or :class:`LinearWeights`. With the latter, the weights
+    of each input irrep are made in the ``(E, mul, K)`` layout of its contraction by one matrix
+    product (:meth:`LinearWeights.columns`), instead of broadcasting and concatenating the
+    weights of its paths on the edges.
+
+    ``mix``, a linear map of the node sums (an ``e3nn.flax.Linear``, called as ``mix(sums)``),
+    is applied to the result. A path from a scalar input to an irrep of which ``mix`` makes
+    fewer channels than the input has is then mixed on the edges, before the product with
+    the harmonic and the sum (the message of a scalar is ``x_u w_u(r) Y_l``, linear in the
+    channel ``u``): in the default network's second block the paths ``0e -> 2e, 4e`` carry
+    8 and 4 channels on the edges instead of 32. The matrix of ``mix`` on those paths is its
+    output on unit inputs.
     """
     x, sh = x.regroup(), sh.regroup()
     entries = []  # (mul, ir_out, node chunk) in edge_tensor_product's order before sorting
@@ -183,9 +236,24 @@ def summed_messages(
     at = sum(mul for mul, _, _ in entries)
     if at != weights.shape[-1]:
         raise ValueError(f"{weights.shape[-1]} weights for {at} message irreps")
-    # one split (its gradient is one concatenation, where slices would each add a padded copy)
-    pieces = jnp.split(weights, np.cumsum([entries[i][0] for i in order])[:-1], axis=-1)
-    w_of = {i: piece for i, piece in zip(order, pieces, strict=True)}  # (E, mul) per entry
+    starts = np.cumsum([0] + [entries[i][0] for i in order])
+    first = {i: int(starts[j]) for j, i in enumerate(order)}  # entry -> its first weight column
+    lazy = isinstance(weights, LinearWeights)
+    if lazy:  # (E, mul) per entry, made where a scalar input needs it
+
+        def piece(i):
+            return weights.columns(first[i] + np.arange(entries[i][0]))
+
+    else:
+        # one split (its gradient is one concatenation, where slices would each add a copy)
+        pieces = jnp.split(weights, starts[1:-1], axis=-1)
+        w_of = dict(zip(order, pieces, strict=True))  # (E, mul) per entry
+
+        def piece(i):
+            return w_of[i]
+    irreps = e3nn.Irreps([(entries[i][0], entries[i][1]) for i in order])
+    premix = {} if mix is None else _scalar_mix_matrices(mix, irreps, entries, order, pending)
+    mixed = {}  # mix's output chunk -> (N, c, d) sums of the paths mixed on the edges
     for (x_in, ir_in, cg_all), parts in pending:
         mul = x_in.shape[1]
         if ir_in.l == 0:
@@ -193,7 +261,16 @@ def summed_messages(
             # neither the (E, mul, K) product nor its weights are built
             harmonics = sh.array @ cg_all[0]  # (E, K)
             for i, start, d in parts:
-                z = x_in[:, :, 0] * w_of[i]  # (E, mul)
+                z = x_in[:, :, 0] * piece(i)  # (E, mul)
+                if i in premix:
+                    j, matrix = premix[i]
+                    z = z @ matrix  # (E, c)
+                    mixed[j] = jax.ops.segment_sum(
+                        z[:, :, None] * harmonics[:, None, start : start + d],
+                        receivers,
+                        num_segments=n_node,
+                    )  # (N, c, d)
+                    continue
                 entries[i][2] = jax.ops.segment_sum(
                     z[:, :, None] * harmonics[:, None, start : start + d],
                     receivers,
@@ -201,16 +278,65 @@ def summed_messages(
                 )  # (N, mul, d)
             continue
         y = _contract(x_in, ir_in, sh.array, cg_all)  # (E, mul, K)
-        w = jnp.concatenate(
-            [jnp.broadcast_to(w_of[i][:, :, None], (y.shape[0], mul, d)) for i, _, d in parts],
-            axis=-1,
-        )  # (E, mul, K)
+        if lazy:  # column of weight (u, k): entry of k's path, channel u
+            col = np.concatenate([np.full(d, first[i]) for i, _, d in parts])  # (K,)
+            index = np.arange(mul)[:, None] + col[None, :]  # (mul, K)
+            w = weights.columns(index.reshape(-1)).reshape(y.shape)
+        else:
+            w = jnp.concatenate(
+                [jnp.broadcast_to(piece(i)[:, :, None], (y.shape[0], mul, d)) for i, _, d in parts],
+                axis=-1,
+            )  # (E, mul, K)
         agg = jax.ops.segment_sum(y * w, receivers, num_segments=n_node)  # (N, mul, K)
         for i, start, d in parts:
             entries[i][2] = agg[:, :, start : start + d]
-    irreps = e3nn.Irreps([(entries[i][0], entries[i][1]) for i in order])
     out = e3nn.from_chunks(irreps, [entries[i][2] for i in order], (n_node,), x.dtype)
-    return out.regroup()
+    out = out.regroup()
+    if mix is None:
+        return out
+    out = mix(out)
+    if not mixed:
+        return out
+    extra = [mixed.get(j) for j in range(len(out.irreps))]
+    return out + e3nn.from_chunks(out.irreps, extra, (n_node,), x.dtype)
+
+
+def _scalar_mix_matrices(mix, irreps, entries, order, pending) -> dict:
+    """``{entry: (output chunk, (mul, c) matrix)}``: for each path from a scalar input whose
+    output irrep ``mix`` makes in one chunk of fewer channels ``c`` than the path's ``mul``,
+    that chunk's index and the matrix of ``mix`` from the path's channels to it (see
+    :func:`summed_messages`)."""
+    dtype = pending[0][0][0].dtype
+    merged = irreps.regroup()  # what mix is called on; an irrep's entries sit in order
+    offsets, at = {}, {}
+    for i in order:
+        ir = entries[i][1]
+        offsets[i] = at.get(ir, 0)
+        at[ir] = offsets[i] + entries[i][0]
+    out_irreps = None
+    found = {}
+    for (_, ir_in, _), parts in pending:
+        if ir_in.l != 0:
+            continue
+        for i, _, _ in parts:
+            mul, ir_out = entries[i][0], entries[i][1]
+            if ir_out.l == 0:
+                continue
+            # unit inputs: channel u of this path set to 1 in component m = 0 (zeros, not
+            # None, elsewhere: mix names its weights by the input chunks it is given)
+            chunks = []
+            for m2, ir2 in merged:
+                unit = np.zeros((mul, m2, ir2.dim), np.float32)
+                if ir2 == ir_out:
+                    unit[np.arange(mul), offsets[i] + np.arange(mul), 0] = 1.0
+                chunks.append(jnp.asarray(unit, dtype))
+            y = mix(e3nn.from_chunks(merged, chunks, (mul,), dtype))
+            out_irreps = y.irreps
+            slots = [j for j, (_, ir) in enumerate(out_irreps) if ir == ir_out]
+            if len(slots) != 1 or out_irreps[slots[0]].mul >= mul:
+                continue
+            found[i] = (slots[0], y.chunks[slots[0]][:, :, 0])  # (mul, c)
+    return found
 
 
 def scale_paths(msg: e3nn.IrrepsArray, weights: jax.Array) -> e3nn.IrrepsArray:

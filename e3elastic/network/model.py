@@ -51,6 +51,7 @@ from .interface import (
     voigt_from_outputs,
 )
 from .kernels import (
+    LinearWeights,
     edge_vectors,
     envelope,
     path_blocks,
@@ -85,17 +86,43 @@ def _gate_irreps(hidden: e3nn.Irreps) -> e3nn.Irreps:
     return (scalars + e3nn.Irreps(f"{others.num_irreps}x0e") + others).simplify()
 
 
+class _DenseParams(nn.Module):
+    """The parameters of ``nn.Dense(features)`` on ``n_in`` inputs (same names, shapes and
+    initial values), returned instead of applied."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, n_in: int) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (n_in, self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return kernel, bias
+
+
 class RadialMLP(nn.Module):
-    """Radial basis ``(E, n_radial)`` -> per-path weights ``(E, n_out)``."""
+    """Radial basis ``(E, n_radial)`` -> per-path weights ``(E, n_out)``.
+
+    With ``lazy`` the last layer is returned unevaluated, as
+    :class:`e3elastic.network.kernels.LinearWeights` (same parameters, same values once
+    multiplied out), for :func:`e3elastic.network.kernels.summed_messages` to lay out per input
+    irrep.
+    """
 
     hidden: tuple[int, ...]
     n_out: int
+    lazy: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array | LinearWeights:
         for i, width in enumerate(self.hidden):
             x = jax.nn.silu(nn.Dense(width, name=f"dense_{i}")(x))
-        return nn.Dense(self.n_out, name="out")(x)
+        if not self.lazy:
+            return nn.Dense(self.n_out, name="out")(x)
+        kernel, bias = _DenseParams(self.n_out, name="out")(x.shape[-1])
+        dtype = jnp.promote_types(x.dtype, kernel.dtype)
+        return LinearWeights(x.astype(dtype), kernel.astype(dtype), bias.astype(dtype))
 
 
 class Interaction(nn.Module):
@@ -128,9 +155,8 @@ class Interaction(nn.Module):
             n_paths = sum(
                 mul * len(path_blocks(ir, sh.irreps, wanted)[1]) for mul, ir in x.irreps
             )  # one weight per path and channel
-            weights = RadialMLP(self.radial_hidden, n_paths, name="radial")(radial)
-            agg = summed_messages(x[senders], sh, weights, wanted, receivers, n_node)
-            h = mix(agg / norm)
+            weights = RadialMLP(self.radial_hidden, n_paths, lazy=True, name="radial")(radial)
+            h = summed_messages(x[senders], sh, weights, wanted, receivers, n_node, mix) / norm
         h = h + e3nn.flax.Linear(gate_in, force_irreps_out=True, name="self")(x)  # self-interaction
         h = e3nn.gate(h)  # (N, hidden)
         skip = e3nn.flax.Linear(self.hidden_irreps, force_irreps_out=True, name="skip")(x)
