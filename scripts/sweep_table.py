@@ -56,6 +56,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "ema_decay": train.get("ema_decay", 0.0),
         "weight_decay": train.get("weight_decay", 0.0),
         "holdout": config["data"]["holdout"],
+        "batch_size": config["data"].get("batch_size", 16),
         "parameters": n_params,
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
         "epochs_done": len(epochs),
@@ -90,6 +91,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         net = f"{r['n_layers']} x {r['hidden_irreps']}, radial {r['radial_hidden']}"
+        if r.get("cutoff", 5.0) != 5.0:
+            net += f", cutoff {r['cutoff']:g} Å"
+        if r.get("batch_size", 16) != 16:
+            net += f"; batch {r['batch_size']}"
         if r.get("ema_decay"):
             net += f"; EMA {r['ema_decay']}"
         if r.get("weight_decay"):

@@ -23,7 +23,7 @@ def _val(rel, kg_g):
     }
 
 
-def _run(tmp_path, name, train):
+def _run(tmp_path, name, train, data=None, cutoff=5.0):
     folder = tmp_path / name
     (folder / "best").mkdir(parents=True)
     config = {
@@ -31,10 +31,10 @@ def _run(tmp_path, name, train):
             "hidden_irreps": "8x0e+2x1o",
             "n_layers": 2,
             "radial_hidden": [16],
-            "cutoff": 5.0,
+            "cutoff": cutoff,
         },
         "train": {"seed": 3, "epochs": 5, **train},
-        "data": {"holdout": "id"},
+        "data": {"holdout": "id", **(data or {})},
     }
     (folder / "config.json").write_text(json.dumps(config))
     epochs = [(0, 0.30, 14.0), (1, 0.21, 12.5), (2, 0.25, 11.0)]
@@ -67,3 +67,12 @@ def test_row_takes_the_best_validation_epoch_and_the_run_settings(tmp_path, caps
     sweep_table.print_table([row, plain])
     lines = capsys.readouterr().out.splitlines()
     assert "EMA 0.999" in lines[2] and "EMA" not in lines[3]
+    assert "batch" not in lines[2] and "cutoff" not in lines[2]
+
+
+def test_table_names_a_batch_size_and_cutoff_other_than_the_default(tmp_path, capsys):
+    row = sweep_table.run_row(_run(tmp_path, "b8", {}, {"batch_size": 8}, cutoff=6.0))
+    assert row["batch_size"] == 8 and row["cutoff"] == 6.0
+    sweep_table.print_table([row])
+    line = capsys.readouterr().out.splitlines()[2]
+    assert "batch 8" in line and "cutoff 6 Å" in line
