@@ -393,6 +393,21 @@ def jnp_array(x):
     return jnp.asarray(np.asarray(x, np.int32))
 
 
+def _random_edges(rng, irreps_in, filter_out, n_node, n_edge):
+    """Random sender features ``(E, irreps_in)``, edge harmonics to l = 4, the output filter
+    and receivers, for the kernel tests (call inside ``jax.enable_x64``)."""
+    import e3nn_jax as e3nn
+    import jax.numpy as jnp
+
+    irreps = e3nn.Irreps(irreps_in)
+    x = e3nn.IrrepsArray(irreps, jnp.asarray(rng.normal(size=(n_edge, irreps.dim))))
+    vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(n_edge, 3))))
+    sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component")
+    filt = [e3nn.Irrep(ir) for ir in filter_out]
+    receivers = jnp.asarray(rng.integers(0, n_node, n_edge))
+    return x, sh, filt, receivers
+
+
 @pytest.mark.parametrize(
     "irreps_in, filter_out",
     [
@@ -553,12 +568,7 @@ def test_summed_messages_are_the_scattered_weighted_tensor_product(irreps_in, fi
     with jax.enable_x64(True):
         rng = np.random.default_rng(3)
         n_node, n_edge = 4, 19
-        irreps = e3nn.Irreps(irreps_in)
-        x = e3nn.IrrepsArray(irreps, jnp.asarray(rng.normal(size=(n_edge, irreps.dim))))
-        vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(n_edge, 3))))
-        sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component")
-        filt = [e3nn.Irrep(ir) for ir in filter_out]
-        receivers = jnp.asarray(rng.integers(0, n_node, n_edge))
+        x, sh, filt, receivers = _random_edges(rng, irreps_in, filter_out, n_node, n_edge)
         msg = edge_tensor_product(x, sh, filt)
         w = jnp.asarray(rng.normal(size=(n_edge, msg.irreps.num_irreps)))
         want = e3nn.scatter_sum(scale_paths(msg, w), dst=receivers, output_size=n_node)
@@ -600,12 +610,7 @@ def test_summed_messages_with_mix_are_the_mixed_sums(irreps_in, filter_out, irre
     with jax.enable_x64(True):
         rng = np.random.default_rng(5)
         n_node, n_edge = 5, 23
-        irreps = e3nn.Irreps(irreps_in)
-        x = e3nn.IrrepsArray(irreps, jnp.asarray(rng.normal(size=(n_edge, irreps.dim))))
-        vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(n_edge, 3))))
-        sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component")
-        filt = [e3nn.Irrep(ir) for ir in filter_out]
-        receivers = jnp.asarray(rng.integers(0, n_node, n_edge))
+        x, sh, filt, receivers = _random_edges(rng, irreps_in, filter_out, n_node, n_edge)
         n_w = edge_tensor_product(x, sh, filt).irreps.num_irreps
         hidden = jnp.asarray(rng.normal(size=(n_edge, 4)))
         kernel = jnp.asarray(rng.normal(size=(4, n_w)))

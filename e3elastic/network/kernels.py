@@ -251,6 +251,7 @@ def summed_messages(
 
         def piece(i):
             return w_of[i]
+
     irreps = e3nn.Irreps([(entries[i][0], entries[i][1]) for i in order])
     premix = {} if mix is None else _scalar_mix_matrices(mix, irreps, entries, order, pending)
     mixed = {}  # mix's output chunk -> (N, c, d) sums of the paths mixed on the edges
