@@ -30,6 +30,7 @@ __all__ = [
     "large",
     "THEORIES",
     "HEADS",
+    "NORMS",
     "LOOPS",
     "preset",
     "theory_index",
@@ -40,6 +41,7 @@ __all__ = [
 THEORIES = ("PBE", "B3LYP-D2")
 #: Output heads of the network (see :class:`ModelConfig`).
 HEADS = ("linear", "log")
+NORMS = ("none", "layer")
 #: Training loops (see :class:`TrainConfig`).
 LOOPS = ("scan", "python")
 
@@ -120,6 +122,10 @@ class ModelConfig:
             zero, so an element never seen in training is placed by its chemistry.
         n_theories: number of levels of theory the model distinguishes (``THEORIES``; 0: no
             theory input). Each gets a learned vector added to every atom's scalars.
+        norm: ``layer`` normalises each block's input to its messages and self-interaction
+            per atom and per irrep (scalars to zero mean and unit variance, higher l to unit
+            mean square norm, a learned gain per channel), while the block's skip connection
+            sees the input as it is; ``none`` (default) does not normalise.
     """
 
     cutoff: float = 5.0
@@ -136,8 +142,11 @@ class ModelConfig:
     log_reference: float = 100.0
     element_descriptors: bool = False
     n_theories: int = 0
+    norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.head not in HEADS:
             raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
         if not 0 <= int(self.n_theories) <= len(THEORIES):

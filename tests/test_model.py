@@ -113,6 +113,47 @@ def test_equivariance_with_parity_channels(rng, improper):
     assert _rel(c_rot, tensors.rotate(c, R)) < 1e-10
 
 
+@pytest.mark.parametrize("improper", [False, True])
+def test_equivariance_with_layer_norm(rng, improper):
+    """``model.norm=layer`` with channels of both parities: still E(3) equivariant, and the
+    normalisation changes the prediction (it is applied)."""
+    run = Runner((*PARITY, "model.norm=layer"))
+    plain = Runner(PARITY)
+    s = quartz_structure()
+    R = random_rotation(rng, improper=improper)
+    c, c_rot = run([s, rotated_structure(s, R)], np.float64)
+    assert np.max(np.abs(c[0])) > 1e-3
+    assert _rel(c_rot, tensors.rotate(c, R)) < 1e-10
+    assert _rel(c, plain([s, rotated_structure(s, R)], np.float64)) > 1e-3
+
+
+def test_layer_norm_statistics_and_equivariance(rng):
+    import e3nn_jax as e3nn
+
+    from e3elastic.network.model import IrrepsLayerNorm
+
+    irreps = e3nn.Irreps("6x0e+3x0o+4x1o+2x2e+3x4e")
+    with jax.enable_x64(True):
+        x = e3nn.IrrepsArray(irreps, rng.normal(size=(5, irreps.dim)) * 3.0 + 1.0)
+        x = x.regroup()
+        norm = IrrepsLayerNorm()
+        params = norm.init(jax.random.PRNGKey(0), x)
+        y = norm.apply(params, x)
+        for (mul, ir), c in zip(y.irreps, y.chunks, strict=True):
+            c = np.asarray(c)
+            if ir == e3nn.Irrep("0e"):
+                np.testing.assert_allclose(c.mean(axis=(1, 2)), 0.0, atol=1e-12)
+                np.testing.assert_allclose(c.var(axis=(1, 2)), 1.0, rtol=1e-5)
+            else:  # odd scalars are scaled, not shifted
+                np.testing.assert_allclose((c**2).mean(axis=(1, 2)), 1.0, rtol=1e-5)
+        R = random_rotation(rng, improper=True)
+        D = np.asarray(x.irreps.D_from_matrix(R))
+        y_rot = norm.apply(params, e3nn.IrrepsArray(x.irreps, x.array @ D.T))
+        np.testing.assert_allclose(np.asarray(y_rot.array), np.asarray(y.array) @ D.T, atol=1e-10)
+        zeros = norm.apply(params, e3nn.IrrepsArray(x.irreps, np.zeros((2, irreps.dim))))
+        assert np.all(np.asarray(zeros.array) == 0.0)  # padding atoms stay zero, no NaN
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
 def test_equivariance_real_crystals(run, rng, dtype, tol):
     structures = [s for _, s in _real_structures()]

@@ -125,13 +125,47 @@ class RadialMLP(nn.Module):
         return LinearWeights(x.astype(dtype), kernel.astype(dtype), bias.astype(dtype))
 
 
+class IrrepsLayerNorm(nn.Module):
+    """Per-atom normalisation of each ``mul x ir`` block of node features.
+
+    Scalars (``0e``) lose their mean over the channels and are divided by their standard
+    deviation; every other block is divided by the root of its mean squared component, an
+    invariant, so the map stays equivariant. Odd scalars are scaled like the other blocks. A
+    learned gain per channel follows, and a bias on ``0e`` only (a bias on anything else
+    would break the symmetry). Padding atoms with zero features stay zero.
+    """
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+        chunks = []
+        for k, ((mul, ir), c) in enumerate(zip(x.irreps, x.chunks, strict=True)):
+            if c is None:
+                chunks.append(None)
+                continue
+            if ir == e3nn.Irrep("0e"):
+                c = c - jnp.mean(c, axis=(-2, -1), keepdims=True)
+            ms = jnp.mean(jnp.square(c), axis=(-2, -1), keepdims=True)
+            c = c * jax.lax.rsqrt(ms + self.eps)
+            gain = self.param(f"gain_{k}", nn.initializers.ones_init(), (mul,), jnp.float32)
+            c = c * gain.astype(c.dtype)[:, None]
+            if ir == e3nn.Irrep("0e"):
+                bias = self.param(f"bias_{k}", nn.initializers.zeros_init(), (mul,), jnp.float32)
+                c = c + bias.astype(c.dtype)[:, None]
+            chunks.append(c)
+        return e3nn.from_chunks(x.irreps, chunks, x.shape[:-1], x.dtype)
+
+
 class Interaction(nn.Module):
-    """One point convolution with self-interaction, gate and residual."""
+    """One point convolution with self-interaction, gate and residual (with ``norm``, the
+    messages and self-interaction see the input through :class:`IrrepsLayerNorm`)."""
 
     hidden_irreps: e3nn.Irreps
     sh_lmax: int
     radial_hidden: tuple[int, ...]
     avg_num_neighbors: float
+    norm: str = "none"
 
     @nn.compact
     def __call__(
@@ -144,6 +178,9 @@ class Interaction(nn.Module):
     ) -> e3nn.IrrepsArray:
         n_node = x.shape[0]
         gate_in = _gate_irreps(self.hidden_irreps)
+        x_raw = x
+        if self.norm == "layer":
+            x = IrrepsLayerNorm(name="norm")(x.regroup())
         # messages: tensor product of sender features with edge harmonics, only the irreps a
         # gate input can use.
         mix = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="mix")
@@ -159,7 +196,7 @@ class Interaction(nn.Module):
             h = summed_messages(x[senders], sh, weights, wanted, receivers, n_node, mix) / norm
         h = h + e3nn.flax.Linear(gate_in, force_irreps_out=True, name="self")(x)  # self-interaction
         h = e3nn.gate(h)  # (N, hidden)
-        skip = e3nn.flax.Linear(self.hidden_irreps, force_irreps_out=True, name="skip")(x)
+        skip = e3nn.flax.Linear(self.hidden_irreps, force_irreps_out=True, name="skip")(x_raw)
         return (skip + h).regroup()
 
     def _scalar_messages(self, x, sh, radial, senders, receivers, gate_in, mix):
@@ -294,6 +331,7 @@ class ElasticityNet(nn.Module):
                 sh_lmax=cfg.sh_lmax,
                 radial_hidden=tuple(cfg.radial_hidden),
                 avg_num_neighbors=cfg.avg_num_neighbors,
+                norm=cfg.norm,
                 name=f"interaction_{i}",
             )(h, sh, radial, inputs["senders"], inputs["receivers"])
 
