@@ -52,6 +52,8 @@ def run_row(folder: Path) -> dict[str, Any]:
         "n_layers": model["n_layers"],
         "radial_hidden": model["radial_hidden"],
         "cutoff": model["cutoff"],
+        "sh_lmax": model.get("sh_lmax", 4),
+        "norm": model.get("norm", "none"),
         "seed": train["seed"],
         "ema_decay": train.get("ema_decay", 0.0),
         "weight_decay": train.get("weight_decay", 0.0),
@@ -93,6 +95,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         net = f"{r['n_layers']} x {r['hidden_irreps']}, radial {r['radial_hidden']}"
         if r.get("cutoff", 5.0) != 5.0:
             net += f", cutoff {r['cutoff']:g} Å"
+        if r.get("sh_lmax", 4) != 4:
+            net += f", harmonics to l={r['sh_lmax']}"
+        if r.get("norm", "none") != "none":
+            net += f", {r['norm']} norm"
         if r.get("batch_size", 16) != 16:
             net += f"; batch {r['batch_size']}"
         if r.get("ema_decay"):

@@ -23,7 +23,7 @@ def _val(rel, kg_g):
     }
 
 
-def _run(tmp_path, name, train, data=None, cutoff=5.0):
+def _run(tmp_path, name, train, data=None, cutoff=5.0, model=None):
     folder = tmp_path / name
     (folder / "best").mkdir(parents=True)
     config = {
@@ -32,6 +32,7 @@ def _run(tmp_path, name, train, data=None, cutoff=5.0):
             "n_layers": 2,
             "radial_hidden": [16],
             "cutoff": cutoff,
+            **(model or {}),
         },
         "train": {"seed": 3, "epochs": 5, **train},
         "data": {"holdout": "id", **(data or {})},
@@ -76,3 +77,13 @@ def test_table_names_a_batch_size_and_cutoff_other_than_the_default(tmp_path, ca
     sweep_table.print_table([row])
     line = capsys.readouterr().out.splitlines()[2]
     assert "batch 8" in line and "cutoff 6 Å" in line
+
+
+def test_table_names_harmonics_and_normalisation_other_than_the_default(tmp_path, capsys):
+    plain = sweep_table.run_row(_run(tmp_path, "old", {}))  # configs from before the options
+    assert (plain["sh_lmax"], plain["norm"]) == (4, "none")
+    row = sweep_table.run_row(_run(tmp_path, "n", {}, model={"sh_lmax": 3, "norm": "layer"}))
+    sweep_table.print_table([row, plain])
+    lines = capsys.readouterr().out.splitlines()
+    assert "harmonics to l=3" in lines[2] and "layer norm" in lines[2]
+    assert "harmonics" not in lines[3] and "norm" not in lines[3]
