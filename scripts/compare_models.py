@@ -13,6 +13,10 @@ every model is scored on exactly the same ones, whatever split it was trained wi
 * ``tensors PBE`` / ``tensors B3LYP-D2``: every crystal of the part with a full tensor;
 * ``K/G only``: the crystals of the part with only K_VRH and G_VRH.
 
+``--model NAME=A+B+...`` pools the members of several models into one mean, even where
+their configs differ (a cutoff, a radial MLP): the way to try an ensemble of mixed recipes
+before training one. Each model's members count once, as in an ensemble.
+
 Prints a Markdown table and, with ``--out``, writes every number as JSON.
 """
 
@@ -26,11 +30,27 @@ from pathlib import Path
 import numpy as np
 
 
-def _rows(model, records, reference: set[str]) -> dict[str, dict]:
-    from e3elastic.training import metrics
+def pooled(models, records):
+    """The members of every model in ``models``, on the records all of them could predict,
+    as one :class:`e3elastic.training.calibration.Evaluated`."""
+    from e3elastic.training.calibration import Evaluated
     from e3elastic.training.evaluation import predict_records
 
-    ev = predict_records(model, records)
+    evs = [predict_records(m, records) for m in models]
+    keep = set.intersection(*({r.id for r in ev.records} for ev in evs))
+    recs = [r for r in evs[0].records if r.id in keep]
+    members = []
+    for ev in evs:
+        where = {r.id: i for i, r in enumerate(ev.records)}
+        members.append(ev.member_voigt[:, [where[r.id] for r in recs]])
+    skipped = sorted({s for ev in evs for s in ev.skipped})
+    return Evaluated(recs, np.concatenate(members, axis=0), skipped)
+
+
+def _rows(models, records, reference: set[str]) -> dict[str, dict]:
+    from e3elastic.training import metrics
+
+    ev = pooled(models, records)
     pred = ev.mean
     recs = ev.records
     out = {}
@@ -91,7 +111,8 @@ def main() -> int:
     results = {}
     for spec in args.model:
         name, _, where = spec.partition("=")
-        results[name] = _rows(inference.load_model(where or name), records, reference)
+        models = [inference.load_model(w) for w in (where or name).split("+")]
+        results[name] = _rows(models, records, reference)
     print(f"{args.part} crystals of {args.split_from}: {len(records)}")
     head = "| model | crystals | n | rel. Frobenius | EwT25 | EwT10 | MAE log10 K / G |"
     print(head + " MAE K / G (GPa) |")

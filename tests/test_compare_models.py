@@ -1,0 +1,35 @@
+"""scripts/compare_models.py: pooling the members of models with different configs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import compare_models
+
+pytest.importorskip("jax")
+
+
+def test_pooled_aligns_members_by_crystal_and_drops_what_one_model_skipped(monkeypatch):
+    from e3elastic.training import calibration, evaluation
+
+    recs = {k: SimpleNamespace(id=k) for k in "abc"}
+    rng = np.random.default_rng(0)
+    # model A: three members on a, b, c; model B: one member, c and a in another order, b skipped
+    a = calibration.Evaluated([recs[k] for k in "abc"], rng.normal(size=(3, 3, 6, 6)), [])
+    b = calibration.Evaluated([recs["c"], recs["a"]], rng.normal(size=(1, 2, 6, 6)), ["b: bad"])
+    by_model = {"A": a, "B": b}
+    monkeypatch.setattr(evaluation, "predict_records", lambda m, records: by_model[m])
+
+    ev = compare_models.pooled(["A", "B"], list(recs.values()))
+    assert [r.id for r in ev.records] == ["a", "c"]
+    assert ev.member_voigt.shape == (4, 2, 6, 6) and ev.skipped == ["b: bad"]
+    want_a = (a.member_voigt[:, 0].sum(axis=0) + b.member_voigt[0, 1]) / 4
+    want_c = (a.member_voigt[:, 2].sum(axis=0) + b.member_voigt[0, 0]) / 4
+    np.testing.assert_allclose(ev.mean[0], want_a)
+    np.testing.assert_allclose(ev.mean[1], want_c)
