@@ -15,7 +15,8 @@ every model is scored on exactly the same ones, whatever split it was trained wi
 
 ``--model NAME=A+B+...`` pools the members of several models into one mean, even where
 their configs differ (a cutoff, a radial MLP): the way to try an ensemble of mixed recipes
-before training one. Each model's members count once, as in an ensemble.
+before training one. Every member counts once, so a five-member ensemble weighs five times a
+single model. A model named in several ``--model`` options is loaded and run once.
 
 Prints a Markdown table and, with ``--out``, writes every number as JSON.
 """
@@ -30,13 +31,18 @@ from pathlib import Path
 import numpy as np
 
 
-def pooled(models, records):
+def pooled(models, records, cache: dict | None = None):
     """The members of every model in ``models``, on the records all of them could predict,
-    as one :class:`e3elastic.training.calibration.Evaluated`."""
+    as one :class:`e3elastic.training.calibration.Evaluated`. ``cache`` keeps each model's
+    predictions (by identity) for the next call on the same records."""
     from e3elastic.training.calibration import Evaluated
     from e3elastic.training.evaluation import predict_records
 
-    evs = [predict_records(m, records) for m in models]
+    cache = {} if cache is None else cache
+    for m in models:
+        if id(m) not in cache:
+            cache[id(m)] = predict_records(m, records)
+    evs = [cache[id(m)] for m in models]
     keep = set.intersection(*({r.id for r in ev.records} for ev in evs))
     recs = [r for r in evs[0].records if r.id in keep]
     members = []
@@ -47,10 +53,10 @@ def pooled(models, records):
     return Evaluated(recs, np.concatenate(members, axis=0), skipped)
 
 
-def _rows(models, records, reference: set[str]) -> dict[str, dict]:
+def _rows(models, records, reference: set[str], cache: dict) -> dict[str, dict]:
     from e3elastic.training import metrics
 
-    ev = pooled(models, records)
+    ev = pooled(models, records, cache)
     pred = ev.mean
     recs = ev.records
     out = {}
@@ -108,11 +114,14 @@ def main() -> int:
     if args.reference:
         ref = json.loads(Path(args.reference).read_text())
         reference = set(ref["test"] if "test" in ref else ref["split"]["test"])
-    results = {}
+    results, loaded, cache = {}, {}, {}
     for spec in args.model:
         name, _, where = spec.partition("=")
-        models = [inference.load_model(w) for w in (where or name).split("+")]
-        results[name] = _rows(models, records, reference)
+        paths = (where or name).split("+")
+        for w in paths:
+            if w not in loaded:
+                loaded[w] = inference.load_model(w)
+        results[name] = _rows([loaded[w] for w in paths], records, reference, cache)
     print(f"{args.part} crystals of {args.split_from}: {len(records)}")
     head = "| model | crystals | n | rel. Frobenius | EwT25 | EwT10 | MAE log10 K / G |"
     print(head + " MAE K / G (GPa) |")
