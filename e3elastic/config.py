@@ -214,6 +214,14 @@ class TrainConfig:
     With 0 they stay out of training. ``moduli_weight_tensor`` adds the same term, with its own
     weight, to the crystals that have a full tensor.
 
+    Pseudo-tensors (distillation): ``pseudo_tensors`` names a JSON file of teacher tensors for
+    K/G-only training crystals (``scripts/pseudo_tensors.py`` writes one from an ensemble's
+    predictions, shifted isotropically to the crystal's DFT K_VRH and G_VRH). Each such crystal
+    then also trains on that tensor, with the irreps and Frobenius terms of a tensor crystal
+    times ``pseudo_weight`` in (0, 1], and its moduli weight becomes
+    ``pseudo_weight * moduli_weight_tensor + (1 - pseudo_weight) * moduli_weight``; its own K
+    and G stay the moduli label. Crystals of the validation and test parts never use them.
+
     ``ema_decay`` in (0, 1) keeps an exponential moving average of the weights, updated after
     every step (:func:`e3elastic.training.steps.params_ema`); validation, early stopping and the
     exported bundle then use the averaged weights, and training goes on from the raw ones.
@@ -245,8 +253,12 @@ class TrainConfig:
     frobenius_weight: float = 0.0
     moduli_weight: float = 0.0
     moduli_weight_tensor: float = 0.0
+    pseudo_tensors: str = ""
+    pseudo_weight: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 < self.pseudo_weight <= 1:
+            raise ValueError(f"train.pseudo_weight must be in (0, 1], got {self.pseudo_weight}")
         for name in ("frobenius_weight", "moduli_weight", "moduli_weight_tensor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")

@@ -63,6 +63,16 @@ class Prepared:
     # part -> (n,) bool: the crystal has a full tensor (its ``irreps`` row is a target);
     # absent parts count as all True
     has_tensor: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # part -> (n,) float: the weight of each crystal's tensor terms in the loss: 1 for a
+    # tensor, ``train.pseudo_weight`` for a K/G-only crystal trained on a pseudo-tensor (its
+    # ``irreps`` row is then that tensor's), 0 otherwise; absent parts follow ``tensor_mask``
+    tensor_weight: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def target_weight(self, part: str) -> np.ndarray:
+        """``(n,)`` float: the weight of each crystal's tensor terms (see ``tensor_weight``)."""
+        if part in self.tensor_weight:
+            return np.asarray(self.tensor_weight[part], np.float64)
+        return self.tensor_mask(part).astype(np.float64)
 
     def tensor_mask(self, part: str) -> np.ndarray:
         """``(n,)`` bool: which crystals of ``part`` have a full tensor."""
@@ -222,14 +232,80 @@ def _prepare(config: Config, dataset) -> Prepared:
         theory[part] = theory_indices(good, config)
     if not has_tensor["train"].any():
         raise TrainingError(_empty_split_message(dataset, dropped, config))
+    weight = {}
+    if config.train.pseudo_tensors:
+        weight["train"] = _pseudo_targets(config, records["train"], irreps["train"])
     buckets = graph_mod.make_buckets(graphs["train"], dc.batch_size, dc.n_buckets, seed=dc.seed)
-    return Prepared(dataset, graphs, records, irreps, buckets, dropped, theory, log_kg, has_tensor)
+    return Prepared(
+        dataset, graphs, records, irreps, buckets, dropped, theory, log_kg, has_tensor, weight
+    )
+
+
+#: ``format`` of a pseudo-tensor file (``scripts/pseudo_tensors.py``).
+PSEUDO_FORMAT = "e3elastic-pseudo-tensors"
+
+
+def read_pseudo_tensors(path) -> dict[str, np.ndarray]:
+    """``{crystal id: Voigt 6x6 (GPa)}`` of a pseudo-tensor file; a clear error when the file
+    is missing, not one, or holds a tensor that is not a finite, symmetric, positive-definite
+    6x6."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TrainingError(f"train.pseudo_tensors: no file {path}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrainingError(f"train.pseudo_tensors: cannot read {path}: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != PSEUDO_FORMAT:
+        raise TrainingError(
+            f"train.pseudo_tensors: {path} is not a pseudo-tensor file (format {PSEUDO_FORMAT!r};"
+            " write one with scripts/pseudo_tensors.py)"
+        )
+    out = {}
+    for cid, voigt in doc.get("tensors", {}).items():
+        c = np.asarray(voigt, np.float64)
+        ok = c.shape == (6, 6) and np.isfinite(c).all() and np.allclose(c, c.T, atol=1e-6)
+        if not ok or np.linalg.eigvalsh(tensors.voigt_to_mandel(c)).min() <= 0:
+            raise TrainingError(
+                f"train.pseudo_tensors: {path}: the tensor of {cid} is not a symmetric "
+                "positive-definite 6x6"
+            )
+        out[str(cid)] = c
+    return out
+
+
+def _pseudo_targets(config: Config, records, irreps: np.ndarray) -> np.ndarray:
+    """Fill ``irreps`` rows of the K/G-only training records that the pseudo-tensor file of
+    ``config`` covers (in place); return the ``(n,)`` tensor weights of all records."""
+    from ..network.interface import targets_from_voigt
+
+    pseudo = read_pseudo_tensors(config.train.pseudo_tensors)
+    weight = np.array([1.0 if r.has_tensor else 0.0 for r in records])
+    rows = [i for i, r in enumerate(records) if not r.has_tensor and r.id in pseudo]
+    if rows:
+        irreps[rows] = targets_from_voigt(
+            np.stack([pseudo[records[i].id] for i in rows]), config.model
+        )
+        weight[rows] = config.train.pseudo_weight
+    n_kg = sum(not r.has_tensor for r in records)
+    logger.info(
+        f"pseudo-tensors: {len(rows)} of the {n_kg} K/G-only training crystals trained on "
+        f"{config.train.pseudo_tensors} (weight {config.train.pseudo_weight})"
+    )
+    if not rows:
+        raise TrainingError(
+            f"train.pseudo_tensors: none of the {len(pseudo)} crystals of "
+            f"{config.train.pseudo_tensors} is a K/G-only crystal of this training split"
+        )
+    return weight
 
 
 def learns_moduli(config: Config) -> bool:
     """Whether a run of ``config`` trains on K/G-only crystals (``train.moduli_weight`` > 0);
     otherwise they stay out of its training part (they are still scored in val and test)."""
-    return config.train.moduli_weight > 0
+    return config.train.moduli_weight > 0 or bool(config.train.pseudo_tensors)
 
 
 def training_set_counts(records) -> dict[str, Any]:

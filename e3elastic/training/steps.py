@@ -61,7 +61,8 @@ __all__ = [
 
 
 #: Width of a wide target row: the 21 normalised irreps, ln K_VRH, ln G_VRH (GPa) and 1 for a
-#: crystal with a full tensor (0: K/G only, its irreps are zeros and carry no loss).
+#: crystal with a full tensor (0: K/G only, its irreps are zeros and carry no loss; in between:
+#: a pseudo-tensor's weight).
 N_TARGET = N_IRREPS + 3
 
 
@@ -70,12 +71,16 @@ def training_targets(
 ) -> np.ndarray:
     """Target rows of a training run: ``(n, 21)`` normalised irreps, or, given ``log_kg``
     ``(n, 2)`` and ``has_tensor`` ``(n,)``, ``(n, N_TARGET)`` wide rows (see
-    :data:`N_TARGET`); rows without a tensor get zero irreps."""
+    :data:`N_TARGET`); rows without a tensor get zero irreps. ``has_tensor`` may also be a
+    weight in [0, 1] per row (a pseudo-tensor's, see ``train.pseudo_weight``): it multiplies
+    the row's irreps and Frobenius terms and mixes its two moduli weights."""
     norm = (np.asarray(irreps, np.float64) - stats["shift"]) / stats["scale"]
     if log_kg is None:
         return norm
-    has = np.asarray(has_tensor, bool)
-    norm = np.where(has[:, None], norm, 0.0)
+    has = np.asarray(has_tensor, np.float64)
+    if has.min(initial=0.0) < 0 or has.max(initial=0.0) > 1:
+        raise ValueError("tensor weights must be in [0, 1]")
+    norm = np.where(has[:, None] > 0, norm, 0.0)
     return np.concatenate([norm, np.asarray(log_kg, np.float64), has[:, None]], axis=1)
 
 

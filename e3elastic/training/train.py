@@ -222,8 +222,8 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[Run, TrainState]:
     dp = DataParallel(tc.data_parallel)
     wide = learns_moduli(config) or tc.moduli_weight_tensor > 0
     if wide:  # ln K, ln G and the tensor flag follow the irreps
-        mask = prep.tensor_mask("train")
-        targets = training_targets(prep.irreps["train"], stats, prep.log_kg["train"], mask)
+        weight = prep.target_weight("train")  # 1 tensor, 0 K/G only, else a pseudo-tensor
+        targets = training_targets(prep.irreps["train"], stats, prep.log_kg["train"], weight)
     else:
         targets = training_targets(prep.irreps["train"], stats)
     graphs, targets, theory = _oversampled(prep, tc, targets)
