@@ -65,10 +65,17 @@ def _moduli(train: dict) -> str:
     w, wt = train.get("moduli_weight", 0.0), train.get("moduli_weight_tensor", 0.0)
     if not w and not wt:
         return ""
-    return (
+    text = (
         f" and the squared log error of the predicted K_VRH and G_VRH, weighted {w} for a "
         f"crystal with K/G only and {wt} for one with a full tensor"
     )
+    if train.get("pseudo_tensors"):
+        text += (
+            "; each K/G-only training crystal also trains on a pseudo-tensor (a teacher "
+            "ensemble's prediction moved onto its DFT K and G; `scripts/pseudo_tensors.py`), "
+            f"weight {train.get('pseudo_weight', 0.5)}"
+        )
+    return text
 
 
 def _moduli_table(final: dict) -> str:
