@@ -221,6 +221,11 @@ class TrainConfig:
     times ``pseudo_weight`` in (0, 1], and its moduli weight becomes
     ``pseudo_weight * moduli_weight_tensor + (1 - pseudo_weight) * moduli_weight``; its own K
     and G stay the moduli label. Crystals of the validation and test parts never use them.
+    ``soft_weight`` in [0, 1) also blends the tensor crystals of the training part with the
+    teacher: each one's target becomes ``(1 - soft_weight) * t_DFT + soft_weight * t_teacher``
+    in the head's target coefficients (the teacher's raw prediction, from the file's ``soft``
+    tensors); its K and G labels stay DFT's, and the normalisation statistics come from the
+    DFT tensors alone.
 
     ``ema_decay`` in (0, 1) keeps an exponential moving average of the weights, updated after
     every step (:func:`e3elastic.training.steps.params_ema`); validation, early stopping and the
@@ -255,10 +260,18 @@ class TrainConfig:
     moduli_weight_tensor: float = 0.0
     pseudo_tensors: str = ""
     pseudo_weight: float = 0.5
+    soft_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.pseudo_weight <= 1:
             raise ValueError(f"train.pseudo_weight must be in (0, 1], got {self.pseudo_weight}")
+        if not 0 <= self.soft_weight < 1:
+            raise ValueError(f"train.soft_weight must be in [0, 1), got {self.soft_weight}")
+        if self.soft_weight > 0 and not self.pseudo_tensors:
+            raise ValueError(
+                "train.soft_weight needs train.pseudo_tensors: the file holding the teacher's "
+                "tensors (scripts/pseudo_tensors.py)"
+            )
         for name in ("frobenius_weight", "moduli_weight", "moduli_weight_tensor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")

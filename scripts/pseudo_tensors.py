@@ -11,8 +11,10 @@ hydrostatic strain, ``P_G = 1 - P_K``) has the crystal's own K_VRH and G_VRH, fo
 steps in ``(a, b)``. For an isotropic C that scales K by ``e^a`` and G by ``e^b``; for any C
 the result stays positive-definite and keeps the teacher's anisotropy. A training run with
 ``train.pseudo_tensors`` then learns each such crystal's anisotropy from the teacher and its
-moduli from DFT (see ``train.pseudo_weight``). Only ``--part`` (default train) crystals are
-written, so validation and test crystals never reach training through this file.
+moduli from DFT (see ``train.pseudo_weight``). The file also keeps the teacher's raw tensors of
+the crystals that have a DFT tensor (key ``soft``), which ``train.soft_weight`` blends into
+their targets. Only ``--part`` (default train) crystals are written, so validation and test
+crystals never reach training through this file.
 
 The file is derived from the data's crystal ids and a model's predictions; keep it out of the
 repository, next to the runs that use it.
@@ -113,6 +115,12 @@ def main(argv=None) -> int:
                 )
             )
         )
+    # the teacher's own tensors of the training part's tensor crystals (train.soft_weight)
+    soft = {
+        c["id"]: np.round(np.asarray(c["pred_voigt_GPa"], float), 4).tolist()
+        for c in doc.get("crystals", [])
+        if c.get("positive_definite", True)
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -122,11 +130,15 @@ def main(argv=None) -> int:
                 "teacher_members": doc.get("members"),
                 "part": args.part,
                 "tensors": out,
+                "soft": soft,
             }
         )
     )
     s = np.array(shift).reshape(-1, 2)
-    print(f"{len(out)} pseudo-tensors written to {args.out}; {len(failed)} left out")
+    print(
+        f"{len(out)} pseudo-tensors written to {args.out}; {len(failed)} left out; "
+        f"{len(soft)} teacher tensors of tensor crystals (for train.soft_weight)"
+    )
     if len(s):
         print(
             f"teacher's |ln(pred/DFT)| before the shift: K median {np.median(s[:, 0]):.3f}, "

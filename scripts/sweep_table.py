@@ -3,12 +3,13 @@
     python scripts/sweep_table.py checkpoints/RUN [checkpoints/RUN ...] [--out FILE.json]
 
 For each run folder (``e3elastic train --workdir``): the network (hidden irreps, blocks, radial
-MLP, and the EMA decay, weight decay and pseudo-tensor weight where set), trainable parameters (from the best
-bundle's ``params.npz``), median seconds per epoch after the first (``timing.jsonl``; the first
-includes compilation), epochs done of those planned, and at the best validation epoch
-(``metrics.jsonl``): relative Frobenius error, EwT25, EwT10, MAE log10 K and G on the crystals
-with a tensor, and MAE K and G (GPa) on the K/G-only crystals. A finished run also shows its
-train-split error (``final_metrics.json``), so one can see where a candidate stops underfitting.
+MLP, and the EMA decay, weight decay, pseudo-tensor and soft-target weights where set),
+trainable parameters (from the best bundle's ``params.npz``), median seconds per epoch after the
+first (``timing.jsonl``; the first includes compilation), epochs done of those planned, and at
+the best validation epoch (``metrics.jsonl``): relative Frobenius error, EwT25, EwT10, MAE
+log10 K and G on the crystals with a tensor, and MAE K and G (GPa) on the K/G-only crystals. A
+finished run also shows its train-split error (``final_metrics.json``), so one can see where a
+candidate stops underfitting.
 Reads files only: runs still training can be listed.
 """
 
@@ -58,6 +59,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "ema_decay": train.get("ema_decay", 0.0),
         "weight_decay": train.get("weight_decay", 0.0),
         "pseudo_weight": train.get("pseudo_weight", 0.5) if train.get("pseudo_tensors") else 0.0,
+        "soft_weight": train.get("soft_weight", 0.0),
         "holdout": config["data"]["holdout"],
         "batch_size": config["data"].get("batch_size", 16),
         "parameters": n_params,
@@ -108,6 +110,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             net += f"; weight decay {r['weight_decay']}"
         if r.get("pseudo_weight"):
             net += f"; pseudo-tensors x{r['pseudo_weight']}"
+        if r.get("soft_weight"):
+            net += f"; soft targets x{r['soft_weight']}"
         print(
             f"| {r['run']} | {net} | {_cell(r['parameters'], ',')} | "
             f"{_cell(r['seconds_per_epoch'], '.0f')} | {r['epochs_done']}/{r['epochs_planned']} | "

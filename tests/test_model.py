@@ -139,7 +139,7 @@ def test_layer_norm_statistics_and_equivariance(rng):
         norm = IrrepsLayerNorm()
         params = norm.init(jax.random.PRNGKey(0), x)
         y = norm.apply(params, x)
-        for (mul, ir), c in zip(y.irreps, y.chunks, strict=True):
+        for (_mul, ir), c in zip(y.irreps, y.chunks, strict=True):
             c = np.asarray(c)
             if ir == e3nn.Irrep("0e"):
                 np.testing.assert_allclose(c.mean(axis=(1, 2)), 0.0, atol=1e-12)

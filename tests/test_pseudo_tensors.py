@@ -1,6 +1,7 @@
 """Pseudo-tensors for K/G-only training crystals: the teacher's tensor moved onto the DFT moduli
 (scripts/pseudo_tensors.py), the file's checks, how preparation fills the rows, and how the
-loss weighs such a row. Small inputs built here; moduli checked against pymatgen."""
+loss weighs such a row; soft targets (tensor crystals blended with the teacher). Small inputs
+built here; moduli checked against pymatgen."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from e3elastic import config as cfg
 from e3elastic import tensors
 from e3elastic.training.prepare import (
     PSEUDO_FORMAT,
+    Prepared,
     TrainingError,
     _pseudo_targets,
+    _soft_targets,
     read_pseudo_tensors,
 )
 
@@ -75,6 +78,10 @@ def _evaluation(tmp_path, part="train"):
         "model": "teacher",
         "members": 3,
         "evaluated": f"the model's {part} split",
+        "crystals": [
+            {"id": "mp-3", "pred_voigt_GPa": (1.5 * _ORTHO).tolist(), "positive_definite": True},
+            {"id": "mp-4", "pred_voigt_GPa": (-_ORTHO).tolist(), "positive_definite": False},
+        ],
         "moduli_only": {
             "crystals": [
                 {
@@ -107,6 +114,8 @@ def test_script_writes_a_file_training_reads(tmp_path, capsys):
     assert "1 left out" in capsys.readouterr().out  # mp-2 is not positive-definite
     got = read_pseudo_tensors(out)
     assert list(got) == ["mp-1"] and np.allclose(_vrh(got["mp-1"]), (80.0, 30.0), rtol=1e-5)
+    soft = read_pseudo_tensors(out, key="soft")  # the teacher's raw tensors of tensor crystals
+    assert list(soft) == ["mp-3"] and np.allclose(soft["mp-3"], 1.5 * _ORTHO)
     # an evaluation of another split part is refused: val/test crystals never become labels
     code = pseudo_tensors.main([str(_evaluation(tmp_path, "test")), "--out", str(out)])
     assert code == 2 and "of the model's train split" in capsys.readouterr().err
@@ -196,3 +205,37 @@ def test_a_pseudo_row_weighs_its_tensor_terms_and_mixes_its_moduli_weights(head,
         assert np.isclose(loss[row], scale * (mse + w_f * frob) + m * sq, rtol=1e-8)
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         training_targets(irreps, stats, kg, [1.0, 1.5])
+
+
+def test_soft_targets_blend_only_the_tensor_rows_the_file_has(tmp_path):
+    from e3elastic.network.interface import targets_from_voigt
+
+    path = tmp_path / "p.json"
+    doc = {
+        "format": PSEUDO_FORMAT,
+        "tensors": {"b": _ORTHO.tolist()},
+        "soft": {"a": (2 * _ORTHO).tolist(), "b": (3 * _ORTHO).tolist()},
+    }
+    path.write_text(json.dumps(doc))
+    config = cfg.tiny().override([f"train.pseudo_tensors={path}", "train.soft_weight=0.25"])
+    recs = [
+        SimpleNamespace(id=i, has_tensor=t) for i, t in (("a", True), ("b", False), ("c", True))
+    ]
+    irreps = np.full((3, 21), 7.0)
+    out = _soft_targets(config, recs, irreps)
+    teacher = targets_from_voigt((2 * _ORTHO)[None], config.model)[0]
+    assert np.allclose(out[0], 0.75 * 7.0 + 0.25 * teacher)
+    # a K/G-only row (its pseudo-tensor is another option) and a tensor the file lacks stay
+    assert np.all(out[[1, 2]] == 7.0)
+    assert np.all(irreps == 7.0)  # the DFT targets (and the statistics drawn from them) stay
+    prep = Prepared(None, {}, {"train": recs}, {"train": irreps}, (), [])
+    assert prep.training_irreps("train") is not out  # no soft targets: the DFT ones
+    prep.soft_irreps["train"] = out
+    assert np.array_equal(prep.training_irreps("train"), out)
+    assert np.array_equal(prep.irreps["train"], irreps)
+    with pytest.raises(TrainingError, match="no teacher tensor"):
+        _soft_targets(config, [SimpleNamespace(id="z", has_tensor=True)], np.zeros((1, 21)))
+    with pytest.raises(ValueError, match="soft_weight"):
+        cfg.tiny().override([f"train.pseudo_tensors={path}", "train.soft_weight=1"])
+    with pytest.raises(ValueError, match=r"needs train\.pseudo_tensors"):
+        cfg.tiny().override(["train.soft_weight=0.5"])

@@ -90,7 +90,7 @@ def test_table_names_harmonics_and_normalisation_other_than_the_default(tmp_path
 
 
 def test_table_names_pseudo_tensors_only_when_a_run_trained_on_them(tmp_path, capsys):
-    pseudo = {"pseudo_tensors": "p.json", "pseudo_weight": 1.0}
+    pseudo = {"pseudo_tensors": "p.json", "pseudo_weight": 1.0, "soft_weight": 0.5}
     rows = [
         sweep_table.run_row(_run(tmp_path, "pl", pseudo)),
         sweep_table.run_row(_run(tmp_path, "w", {"pseudo_weight": 0.7})),  # no file: not used
@@ -99,5 +99,6 @@ def test_table_names_pseudo_tensors_only_when_a_run_trained_on_them(tmp_path, ca
     assert [r["pseudo_weight"] for r in rows] == [1.0, 0.0, 0.0]
     sweep_table.print_table(rows)
     lines = capsys.readouterr().out.splitlines()
-    assert "pseudo-tensors x1.0" in lines[2]
+    assert "pseudo-tensors x1.0" in lines[2] and "soft targets x0.5" in lines[2]
+    assert [r["soft_weight"] for r in rows] == [0.5, 0.0, 0.0]
     assert "pseudo" not in lines[3] and "pseudo" not in lines[4]

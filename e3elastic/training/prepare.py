@@ -67,6 +67,13 @@ class Prepared:
     # tensor, ``train.pseudo_weight`` for a K/G-only crystal trained on a pseudo-tensor (its
     # ``irreps`` row is then that tensor's), 0 otherwise; absent parts follow ``tensor_mask``
     tensor_weight: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # part -> (n, 21): the targets training uses where they differ from ``irreps``: tensor rows
+    # blended with a teacher's (``train.soft_weight``); absent parts train on ``irreps``
+    soft_irreps: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def training_irreps(self, part: str) -> np.ndarray:
+        """``(n, 21)`` the head targets training fits for ``part`` (see ``soft_irreps``)."""
+        return np.asarray(self.soft_irreps.get(part, self.irreps[part]))
 
     def target_weight(self, part: str) -> np.ndarray:
         """``(n,)`` float: the weight of each crystal's tensor terms (see ``tensor_weight``)."""
@@ -232,12 +239,14 @@ def _prepare(config: Config, dataset) -> Prepared:
         theory[part] = theory_indices(good, config)
     if not has_tensor["train"].any():
         raise TrainingError(_empty_split_message(dataset, dropped, config))
-    weight = {}
+    weight, soft = {}, {}
     if config.train.pseudo_tensors:
         weight["train"] = _pseudo_targets(config, records["train"], irreps["train"])
+    if config.train.soft_weight > 0:
+        soft["train"] = _soft_targets(config, records["train"], irreps["train"])
     buckets = graph_mod.make_buckets(graphs["train"], dc.batch_size, dc.n_buckets, seed=dc.seed)
     return Prepared(
-        dataset, graphs, records, irreps, buckets, dropped, theory, log_kg, has_tensor, weight
+        dataset, graphs, records, irreps, buckets, dropped, theory, log_kg, has_tensor, weight, soft
     )
 
 
@@ -245,10 +254,11 @@ def _prepare(config: Config, dataset) -> Prepared:
 PSEUDO_FORMAT = "e3elastic-pseudo-tensors"
 
 
-def read_pseudo_tensors(path) -> dict[str, np.ndarray]:
-    """``{crystal id: Voigt 6x6 (GPa)}`` of a pseudo-tensor file; a clear error when the file
-    is missing, not one, or holds a tensor that is not a finite, symmetric, positive-definite
-    6x6."""
+def read_pseudo_tensors(path, key: str = "tensors") -> dict[str, np.ndarray]:
+    """``{crystal id: Voigt 6x6 (GPa)}`` of a pseudo-tensor file (``key`` "tensors": the
+    K/G-only crystals' pseudo-tensors; "soft": the teacher's raw tensors of the tensor
+    crystals); a clear error when the file is missing, not one, or holds a tensor that is not a
+    finite, symmetric, positive-definite 6x6."""
     from pathlib import Path
 
     path = Path(path)
@@ -264,7 +274,7 @@ def read_pseudo_tensors(path) -> dict[str, np.ndarray]:
             " write one with scripts/pseudo_tensors.py)"
         )
     out = {}
-    for cid, voigt in doc.get("tensors", {}).items():
+    for cid, voigt in doc.get(key, {}).items():
         c = np.asarray(voigt, np.float64)
         ok = c.shape == (6, 6) and np.isfinite(c).all() and np.allclose(c, c.T, atol=1e-6)
         if not ok or np.linalg.eigvalsh(tensors.voigt_to_mandel(c)).min() <= 0:
@@ -300,6 +310,31 @@ def _pseudo_targets(config: Config, records, irreps: np.ndarray) -> np.ndarray:
             f"{config.train.pseudo_tensors} is a K/G-only crystal of this training split"
         )
     return weight
+
+
+def _soft_targets(config: Config, records, irreps: np.ndarray) -> np.ndarray:
+    """A copy of ``irreps`` whose rows of tensor crystals in the file's ``soft`` tensors are
+    ``(1 - w) * DFT + w * teacher`` (``w`` = ``train.soft_weight``), in the head's targets."""
+    from ..network.interface import targets_from_voigt
+
+    teacher = read_pseudo_tensors(config.train.pseudo_tensors, key="soft")
+    rows = [i for i, r in enumerate(records) if r.has_tensor and r.id in teacher]
+    n_tensor = sum(r.has_tensor for r in records)
+    if not rows:
+        raise TrainingError(
+            f"train.soft_weight: {config.train.pseudo_tensors} holds no teacher tensor of a "
+            "tensor crystal of this training split (write it with scripts/pseudo_tensors.py "
+            "from an evaluation of the same split)"
+        )
+    w = config.train.soft_weight
+    out = np.array(irreps, copy=True)
+    t = targets_from_voigt(np.stack([teacher[records[i].id] for i in rows]), config.model)
+    out[rows] = (1.0 - w) * out[rows] + w * t
+    logger.info(
+        f"soft targets: {len(rows)} of the {n_tensor} training tensors blended with the "
+        f"teacher's (weight {w})"
+    )
+    return out
 
 
 def learns_moduli(config: Config) -> bool:

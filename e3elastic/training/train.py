@@ -223,9 +223,10 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[Run, TrainState]:
     wide = learns_moduli(config) or tc.moduli_weight_tensor > 0
     if wide:  # ln K, ln G and the tensor flag follow the irreps
         weight = prep.target_weight("train")  # 1 tensor, 0 K/G only, else a pseudo-tensor
-        targets = training_targets(prep.irreps["train"], stats, prep.log_kg["train"], weight)
+        irreps = prep.training_irreps("train")
+        targets = training_targets(irreps, stats, prep.log_kg["train"], weight)
     else:
-        targets = training_targets(prep.irreps["train"], stats)
+        targets = training_targets(prep.training_irreps("train"), stats)
     graphs, targets, theory = _oversampled(prep, tc, targets)
     plan = plan_steps(
         graphs,
