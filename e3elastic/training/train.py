@@ -221,12 +221,12 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[Run, TrainState]:
         stats = start[1]  # the bundle's output units, so the run starts from its predictions
     dp = DataParallel(tc.data_parallel)
     wide = learns_moduli(config) or tc.moduli_weight_tensor > 0
+    irreps = prep.training_irreps("train")  # the DFT targets, or blended with a teacher's
     if wide:  # ln K, ln G and the tensor flag follow the irreps
         weight = prep.target_weight("train")  # 1 tensor, 0 K/G only, else a pseudo-tensor
-        irreps = prep.training_irreps("train")
         targets = training_targets(irreps, stats, prep.log_kg["train"], weight)
     else:
-        targets = training_targets(prep.training_irreps("train"), stats)
+        targets = training_targets(irreps, stats)
     graphs, targets, theory = _oversampled(prep, tc, targets)
     plan = plan_steps(
         graphs,
