@@ -15,12 +15,14 @@ is used only to report coverage within 1 and 2 sigma, raw and calibrated (a cali
 covers 0.68 and 0.95).
 
 The 68 % and 95 % intervals of K_VRH, G_VRH and Young's modulus live in log space
-(``e3elastic.training.evaluation.fit_interval_scale``): q_mean * exp(+-k w), w = sqrt(s^2 + f^2), s
-the members' standard deviation of ln q and f a floor for the error they share. On every
-validation crystal with K and G (those with a tensor and those with K/G only), k per quantity and
-level is that level's quantile of |ln(q_DFT / q_mean)| / w, and the floor is the one giving the
-narrowest 95 % intervals. They go into ``calibration.json`` as ``interval_scale``; the test split
-reports how often the DFT value falls inside, for the two kinds of crystal apart.
+(``e3elastic.training.evaluation.fit_interval_scale``): q_mean * exp(+-k w),
+w = sqrt(s^2 + f^2 + (a ln+(40 GPa / G_mean))^2), s the members' standard deviation of ln q, f a
+floor for the error they share and a a widening for soft crystals (central shear modulus below
+40 GPa). On every validation crystal with K and G (those with a tensor and those with K/G only),
+k per quantity and level is that level's quantile of |ln(q_DFT / q_mean)| / w, and (f, a) is the
+pair giving the narrowest 95 % intervals. They go into ``calibration.json`` as
+``interval_scale``; the test split reports how often the DFT value falls inside, for the two
+kinds of crystal apart and for the soft ones (central G below 20 GPa).
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ def main() -> int:
         "interval_scale": interval_scale,
         "interval_fit": "on every validation crystal with K and G (a tensor, or K/G only), "
         "per quantity: interval q_mean * exp(+-k w), "
-        "w = sqrt(s^2 + floor^2), s = std over members of ln q; k = the level's quantile of "
-        "|ln(q_DFT / q_mean)| / w; floor: the narrowest mean 95 % interval",
+        "w = sqrt(s^2 + floor^2 + (softness * ln+(soft_reference_GPa / G_mean))^2), "
+        "s = std over members of ln q; k = the level's quantile of |ln(q_DFT / q_mean)| / w; "
+        "floor and softness: the narrowest mean 95 % interval",
         "interval_coverage_gaussian": {
             s: evaluation.interval_coverage(p) for s, p in parts.items()
         },
@@ -118,18 +121,19 @@ def main() -> int:
             )
     print("\nlog-space intervals (half-width k in std of ln q; coverage of the DFT value):")
     print(
-        "| split | quantity | n | floor | k68 | k95 | within 68 % | within 95 % | "
-        "median width 95 % |"
+        "| split | quantity | n | floor | softness | k68 | k95 | within 68 % | within 95 % | "
+        "soft (G < 20 GPa): n, within 68 % / 95 % | median width 95 % |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, label in (("interval_coverage", ""), ("interval_coverage_moduli_only", ", K/G only")):
         for split, rows in out[key].items():
             for q, cov in rows.items():
                 k = interval_scale[q]
                 print(
-                    f"| {split}{label} | {q} | {cov['n']} | {k['floor']:.3f} | {k['68']:.2f} | "
-                    f"{k['95']:.2f} | "
+                    f"| {split}{label} | {q} | {cov['n']} | {k['floor']:.3f} | "
+                    f"{k['softness']:.2f} | {k['68']:.2f} | {k['95']:.2f} | "
                     f"{cov['within_68']:.2f} | {cov['within_95']:.2f} | "
+                    f"{cov['n_soft']}, {cov['within_68_soft']:.2f} / {cov['within_95_soft']:.2f} | "
                     f"{cov['median_width_95']:.2f} |"
                 )
     return 0

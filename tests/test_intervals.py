@@ -57,14 +57,68 @@ def test_fitted_floor_and_half_width_are_used():
     assert out["G_VRH_interval95_GPa"] == pytest.approx([50.0, 50.0])
 
 
-def _synthetic(rng, n, n_members=5, shared=0.15, own=0.03):
-    """An ensemble whose members share a log error of size ``shared`` and scatter by
-    ``own``: Evaluated-like (records with a true tensor, member tensors)."""
+def test_soft_crystals_get_wider_intervals():
+    """``softness`` adds ``a ln(G_ref / G)`` in quadrature below G_ref and nothing above."""
+    from e3elastic.inference.prediction import interval_width
+
+    s = np.array([0.05, 0.05, 0.05, 0.05])
+    g = np.array([5.0, 20.0, 40.0, 200.0])
+    fitted = {"floor": 0.1, "softness": 0.3, "soft_reference_GPa": 40.0}
+    w = interval_width(s, fitted, g)
+    base = np.hypot(0.05, 0.1)
+    np.testing.assert_allclose(w[2:], base, rtol=1e-12)
+    np.testing.assert_allclose(w[:2], np.sqrt(base**2 + (0.3 * np.log(40.0 / g[:2])) ** 2))
+    assert w[0] > w[1] > w[2]
+    # no shear modulus given, or no softness fitted: the plain width
+    np.testing.assert_allclose(interval_width(s, fitted), base, rtol=1e-12)
+    np.testing.assert_allclose(interval_width(s, {"floor": 0.1}, g), base, rtol=1e-12)
+    # in the intervals a user gets, the soft crystal's is the wider one (relative to its centre)
+    members = _iso(np.array([60.0, 62.0, 58.0]), np.array([5.0, 5.1, 4.9]))
+    scale = {"G_VRH": {**fitted, "68": 1.0, "95": 2.0}}
+    soft = moduli_intervals(
+        members, {"K_VRH_GPa": 60, "G_VRH_GPa": 5, "youngs_modulus_GPa": 15}, scale
+    )
+    stiff = moduli_intervals(
+        members * 20, {"K_VRH_GPa": 1200, "G_VRH_GPa": 100, "youngs_modulus_GPa": 300}, scale
+    )
+    lo, hi = soft["G_VRH_interval95_GPa"]
+    lo_s, hi_s = stiff["G_VRH_interval95_GPa"]
+    assert hi / lo > hi_s / lo_s
+    assert hi == pytest.approx(
+        5 * np.exp(2.0 * interval_width(np.std(np.log([5.0, 5.1, 4.9]), ddof=1), fitted, 5.0)),
+        rel=1e-9,
+    )
+
+
+def test_softness_is_fitted_where_soft_crystals_err_more(rng):
+    """Members that share a larger error on soft crystals: the fit finds a softness, and its
+    intervals keep their 95 % on new soft crystals, where a floor alone falls short."""
+    from e3elastic.training.evaluation import fit_interval_scale, interval_coverage
+
+    val, test = _synthetic(rng, 1500, soft_extra=0.4), _synthetic(rng, 1500, soft_extra=0.4)
+    with_soft, floor_only = fit_interval_scale(val), fit_interval_scale(val, soft=False)
+    assert floor_only["G_VRH"]["softness"] == 0.0
+    assert with_soft["G_VRH"]["softness"] > 0.15
+    a, b = interval_coverage(test, with_soft), interval_coverage(test, floor_only)
+    for q in ("K_VRH", "G_VRH"):
+        assert a[q]["n_soft"] > 100
+        assert a[q]["within_95"] == pytest.approx(0.95, abs=0.03)
+        assert a[q]["within_95_soft"] > 0.9
+        assert b[q]["within_95_soft"] < a[q]["within_95_soft"] - 0.03
+        # and the intervals are narrower overall: the stiff crystals no longer pay for the soft
+        assert a[q]["median_width_95"] < b[q]["median_width_95"]
+
+
+def _synthetic(rng, n, n_members=5, shared=0.15, own=0.03, soft_extra=0.0):
+    """An ensemble whose members share a log error of size ``shared`` (plus
+    ``soft_extra * ln(40 / G)`` below G = 40 GPa) and scatter by ``own``: Evaluated-like
+    (records with a true tensor, member tensors)."""
     from e3elastic.training.evaluation import Evaluated
 
     k_true = rng.uniform(20, 300, n)
     g_true = k_true * rng.uniform(0.2, 0.8, n)
-    common_k, common_g = rng.normal(0, shared, n), rng.normal(0, shared, n)
+    size = np.hypot(shared, soft_extra * np.maximum(np.log(40.0 / g_true), 0.0))
+    common_k, common_g = rng.normal(0, size, n), rng.normal(0, size, n)
     members = []
     for _ in range(n_members):
         k = k_true * np.exp(common_k + rng.normal(0, own, n))
@@ -80,9 +134,11 @@ def test_calibration_covers_new_data_and_finds_the_shared_error(rng):
     val, test = _synthetic(rng, 600), _synthetic(rng, 600)
     scale = fit_interval_scale(val)
     for q in ("K_VRH", "G_VRH", "youngs_modulus"):
-        assert set(scale[q]) == {"floor", *INTERVAL_LEVELS}
+        assert set(scale[q]) == {"floor", "softness", "soft_reference_GPa", *INTERVAL_LEVELS}
     # the shared error (0.15 in ln K) is what the members cannot see: the floor takes it
     assert 0.08 < scale["K_VRH"]["floor"] < 0.3
+    # ... and it is the same for soft and stiff crystals, so there is little to widen for
+    assert scale["K_VRH"]["softness"] <= 0.1
     fitted_val, fitted_test = interval_coverage(val, scale), interval_coverage(test, scale)
     raw = interval_coverage(test)
     for q in ("K_VRH", "G_VRH"):

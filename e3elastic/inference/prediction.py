@@ -19,6 +19,7 @@ __all__ = [
     "INTERVAL_LEVELS",
     "INTERVAL_QUANTITIES",
     "Prediction",
+    "SOFT_REFERENCE_GPA",
     "interval_width",
     "log_spread",
     "moduli_intervals",
@@ -31,6 +32,9 @@ INTERVAL_QUANTITIES = ("K_VRH", "G_VRH", "youngs_modulus")
 #: Coverage levels of the intervals (percent), and the Gaussian half-widths (in log-space
 #: standard deviations) an uncalibrated ensemble uses for them.
 INTERVAL_LEVELS = {"68": 0.994457883209753, "95": 1.959963984540054}
+#: Shear modulus (GPa) below which a fitted ``softness`` widens the intervals
+#: (:func:`interval_width`).
+SOFT_REFERENCE_GPA = 40.0
 
 #: Fields every result has; a failed structure has them as None.
 RESULT_KEYS = (
@@ -152,9 +156,26 @@ def _member_moduli(member_voigts: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def interval_width(spread: np.ndarray, fitted: dict[str, float] | None) -> np.ndarray:
-    """The log-space width ``sqrt(s^2 + floor^2)`` of :func:`moduli_intervals`."""
-    return np.hypot(spread, (fitted or {}).get("floor", 0.0))
+def interval_width(
+    spread: np.ndarray, fitted: dict[str, float] | None, shear: np.ndarray | float | None = None
+) -> np.ndarray:
+    """The log-space width ``sqrt(s^2 + f^2 + (a ln+(G_ref / G))^2)`` of :func:`moduli_intervals`.
+
+    ``s``: the members' spread (:func:`log_spread`); ``f``: ``fitted["floor"]``; ``a``:
+    ``fitted["softness"]``, which widens the intervals of crystals whose central shear modulus
+    ``shear`` (GPa) lies below ``fitted["soft_reference_GPa"]`` (default
+    :data:`SOFT_REFERENCE_GPA`): soft crystals are predicted less well than their members'
+    agreement shows. ``ln+`` is ``max(0, ln)``; a shear modulus <= 0 gives NaN."""
+    fitted = fitted or {}
+    w2 = np.square(spread) + fitted.get("floor", 0.0) ** 2
+    a = fitted.get("softness", 0.0)
+    if a and shear is not None:
+        g = np.asarray(shear, np.float64)
+        ref = fitted.get("soft_reference_GPa", SOFT_REFERENCE_GPA)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            soft = np.where(g > 0, np.maximum(np.log(ref / g), 0.0), np.nan)
+        w2 = w2 + np.square(a * soft)
+    return np.sqrt(w2)
 
 
 def log_spread(member_voigts: np.ndarray) -> dict[str, np.ndarray]:
@@ -177,19 +198,21 @@ def moduli_intervals(
     """``{q}_interval{level}_GPa: [low, high]`` for K_VRH, G_VRH and Young's modulus.
 
     ``[c exp(-k w), c exp(+k w)]``: ``c`` the central value (``centre[q + "_GPa"]``),
-    ``w = sqrt(s^2 + f^2)`` with ``s`` the members' standard deviation of ln q
-    (:func:`log_spread`) and ``f`` a floor for the error the members share, and ``k`` the
-    half-width of the level. ``scale[q]`` holds ``floor`` and a ``k`` per level as fitted on
-    validation data (:func:`e3elastic.training.evaluation.fit_interval_scale`); without it,
-    ``f = 0`` and the Gaussian values of :data:`INTERVAL_LEVELS`. Always positive, and wider above
-    than below the centre."""
+    ``w = sqrt(s^2 + f^2 + (a ln+(G_ref / G))^2)`` (:func:`interval_width`) with ``s`` the
+    members' standard deviation of ln q (:func:`log_spread`), ``f`` a floor for the error the
+    members share, ``a`` a widening for crystals whose central shear modulus ``G`` is below
+    ``G_ref``, and ``k`` the half-width of the level. ``scale[q]`` holds ``floor``, ``softness``
+    and a ``k`` per level as fitted on validation data
+    (:func:`e3elastic.training.evaluation.fit_interval_scale`); without it, ``f = a = 0`` and the
+    Gaussian values of :data:`INTERVAL_LEVELS`. Always positive, and wider above than below the
+    centre."""
     scale = scale or {}
     spread = log_spread(member_voigts)
     out: dict[str, list[float]] = {}
     for q in INTERVAL_QUANTITIES:
         fitted = scale.get(q) or {}
         c = float(centre[f"{q}_GPa"])
-        s = float(interval_width(spread[q], fitted))
+        s = float(interval_width(spread[q], fitted, centre.get("G_VRH_GPa")))
         for level, z in INTERVAL_LEVELS.items():
             k = float(fitted.get(level, z))
             ok = np.isfinite(s) and c > 0

@@ -130,9 +130,12 @@ def fit_sigma_scale(ev: Evaluated, target: float = 0.95) -> dict[str, float]:
     return {q: float(np.quantile(r[np.isfinite(r)], target) / z) for q, r in ratios.items()}
 
 
-def _log_errors(ev: Evaluated) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _log_errors(
+    ev: Evaluated,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """|ln(q_true / q_centre)| and the members' std of ln q, ``(n,)`` each, for K_VRH, G_VRH
-    and Young's modulus; q_centre is the modulus of the ensemble mean tensor."""
+    and Young's modulus, and the central shear modulus ``(n,)``; q_centre is the modulus of
+    the ensemble mean tensor."""
     from ..inference.prediction import INTERVAL_QUANTITIES, log_spread
 
     spread = log_spread(ev.member_voigt)
@@ -140,7 +143,7 @@ def _log_errors(ev: Evaluated) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
     true = reference_moduli(ev.records)
     with np.errstate(divide="ignore", invalid="ignore"):
         err = {q: np.abs(np.log(true[q] / centre[q])) for q in INTERVAL_QUANTITIES}
-    return err, spread
+    return err, spread, centre["G_VRH"]
 
 
 def reference_moduli(records) -> dict[str, np.ndarray]:
@@ -170,36 +173,47 @@ def _moduli_of(voigts: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def fit_interval_scale(ev: Evaluated) -> dict[str, dict[str, float]]:
+def fit_interval_scale(ev: Evaluated, soft: bool = True) -> dict[str, dict[str, float]]:
     """Log-space intervals of K_VRH, G_VRH and Young's modulus fitted on ``ev`` (use the
-    validation split): ``{q: {"floor": f, "68": k68, "95": k95}}``.
+    validation split): ``{q: {"floor": f, "softness": a, "soft_reference_GPa": G_ref, "68": k68,
+    "95": k95}}``.
 
-    The interval is ``q_centre * exp(+-k w)`` with ``w = sqrt(s^2 + f^2)``, ``s`` the
-    members' std of ln q (:func:`e3elastic.inference.prediction.moduli_intervals`). Members share
-    much of their error, so ``s`` alone is too small where they agree; the floor ``f`` carries that
-    part. For each candidate floor, k of a level is that level's quantile of |ln(q_true / q_centre)|
-    / w (so the level's coverage holds on ``ev``); the floor chosen gives the narrowest 95 %
-    intervals on average."""
-    from ..inference.prediction import INTERVAL_LEVELS
+    The interval is ``q_centre * exp(+-k w)`` with ``w = sqrt(s^2 + f^2 + (a ln+(G_ref /
+    G))^2)``, ``s`` the members' std of ln q and ``G`` the central shear modulus
+    (:func:`e3elastic.inference.prediction.interval_width`). Members share much of their error,
+    so ``s`` alone is too small where they agree; the floor ``f`` carries that part, and ``a``
+    the larger error of soft crystals (``G`` below ``G_ref``). For each candidate ``(f, a)``, k of
+    a level is that level's quantile of |ln(q_true / q_centre)| / w (so the level's coverage
+    holds on ``ev``); the pair chosen gives the narrowest 95 % intervals on average. ``soft=False``
+    fixes ``a = 0``."""
+    from ..inference.prediction import INTERVAL_LEVELS, SOFT_REFERENCE_GPA, interval_width
 
     if ev.member_voigt.shape[0] < 2:
         raise EvaluationError("intervals need an ensemble (two or more members)")
-    errors, spreads = _log_errors(ev)
+    errors, spreads, shear = _log_errors(ev)
+    floors = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 61)])
+    softness = np.linspace(0.0, 1.0, 21) if soft else np.zeros(1)
     out = {}
     for q, err in errors.items():
-        ok = np.isfinite(err) & np.isfinite(spreads[q])
-        e, s = err[ok], spreads[q][ok]
+        ok = np.isfinite(err) & np.isfinite(spreads[q]) & (shear > 0)
+        e, s, g = err[ok], spreads[q][ok], shear[ok]
         best = None
-        for floor in np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 61)]):
-            w = np.hypot(s, floor)
-            k95 = float(np.quantile(e / w, 0.95))
-            width = float(np.mean(k95 * w))
-            if best is None or width < best[0]:
-                best = (width, float(floor), w)
-        _, floor, w = best
-        out[q] = {"floor": floor}
+        for a in softness:
+            for floor in floors:
+                fitted = {"floor": float(floor), "softness": float(a)}
+                w = interval_width(s, fitted, g)
+                width = float(np.mean(np.quantile(e / w, 0.95) * w))
+                if best is None or width < best[0]:
+                    best = (width, fitted, w)
+        _, fitted, w = best
+        out[q] = {**fitted, "soft_reference_GPa": SOFT_REFERENCE_GPA}
         out[q].update({lv: float(np.quantile(e / w, int(lv) / 100)) for lv in INTERVAL_LEVELS})
     return out
+
+
+#: Central shear modulus (GPa) below which :func:`interval_coverage` also reports a crystal
+#: among the soft ones.
+SOFT_REPORT_GPA = 20.0
 
 
 def interval_coverage(
@@ -207,19 +221,24 @@ def interval_coverage(
 ) -> dict[str, dict[str, float]]:
     """Share of crystals whose reference K_VRH, G_VRH and Young's modulus fall inside the
     ensemble's 68 % and 95 % intervals (``scale``: as fitted, else Gaussian without a
-    floor), and the median width ``(high - low) / centre`` of each interval."""
+    floor), and the median width ``(high - low) / centre`` of each interval. ``n_soft`` and
+    ``within_{68,95}_soft``: the same coverage over the crystals whose central shear modulus is
+    below :data:`SOFT_REPORT_GPA` (NaN when there are none)."""
     from ..inference.prediction import INTERVAL_LEVELS, interval_width
 
     scale = scale or {}
-    errors, spreads = _log_errors(ev)
+    errors, spreads, shear = _log_errors(ev)
     out = {}
     for q, err in errors.items():
-        w = interval_width(spreads[q], scale.get(q))
+        w = interval_width(spreads[q], scale.get(q), shear)
         ok = np.isfinite(err) & np.isfinite(w)
-        row: dict[str, float] = {"n": int(ok.sum())}
+        soft = ok & (shear < SOFT_REPORT_GPA)
+        row: dict[str, float] = {"n": int(ok.sum()), "n_soft": int(soft.sum())}
         for lv, z in INTERVAL_LEVELS.items():
             k = (scale.get(q) or {}).get(lv, z)
-            row[f"within_{lv}"] = float(np.mean(err[ok] <= k * w[ok]))
+            inside = err <= k * w
+            row[f"within_{lv}"] = float(np.mean(inside[ok]))
+            row[f"within_{lv}_soft"] = float(np.mean(inside[soft])) if soft.any() else np.nan
             row[f"median_width_{lv}"] = float(np.median(2 * np.sinh(k * w[ok])))
         out[q] = row
     return out
