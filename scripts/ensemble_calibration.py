@@ -120,9 +120,11 @@ def main() -> int:
                 f"{cal['within_2_sigma']:.2f} |"
             )
     print("\nlog-space intervals (half-width k in std of ln q; coverage of the DFT value):")
+    from e3elastic.training.calibration import SOFT_REPORT_GPA
+
     print(
         "| split | quantity | n | floor | softness | k68 | k95 | within 68 % | within 95 % | "
-        "soft (G < 20 GPa): n, within 68 % / 95 % | median width 95 % |"
+        f"soft (G < {SOFT_REPORT_GPA:g} GPa): n, within 68 % / 95 % | median width 95 % |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, label in (("interval_coverage", ""), ("interval_coverage_moduli_only", ", K/G only")):
