@@ -122,6 +122,10 @@ class ModelConfig:
             zero, so an element never seen in training is placed by its chemistry.
         n_theories: number of levels of theory the model distinguishes (``THEORIES``; 0: no
             theory input). Each gets a learned vector added to every atom's scalars.
+        density_input: the crystal's volume per atom enters as a per-crystal scalar: a small
+            basis of ``log(V / N)`` is added (through a learned map that starts at zero) to every
+            atom's initial scalars and to the two scalar outputs. It tells the network how
+            densely the whole cell is packed, pores beyond the cutoff included.
         norm: ``layer`` normalises each block's input to its messages and self-interaction
             per atom and per irrep (scalars to zero mean and unit variance, higher l to unit
             mean square norm, a learned gain per channel), while the block's skip connection
@@ -143,6 +147,7 @@ class ModelConfig:
     element_descriptors: bool = False
     n_theories: int = 0
     norm: str = "none"
+    density_input: bool = False
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:

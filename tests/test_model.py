@@ -709,3 +709,80 @@ def test_lazy_radial_mlp_is_the_radial_mlp():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+class DensityRunner(Runner):
+    """``model.density_input`` with its maps (zero at init) set to random values, so that the
+    volume per atom really changes the output."""
+
+    def __init__(self, overrides=()):
+        super().__init__(("model.density_input=true", *overrides))
+
+    def _setup(self, dtype):
+        fn, params = super()._setup(dtype)
+        import flax
+
+        if not getattr(self, "_randomised", {}).get(dtype):
+            rng = np.random.default_rng(7)
+            flat = flax.traverse_util.flatten_dict(params)
+            for path, a in flat.items():
+                if any(p.startswith("density") for p in path):
+                    flat[path] = np.asarray(rng.normal(0, 0.5, a.shape), a.dtype)
+            params = flax.traverse_util.unflatten_dict(flat)
+            self._params[dtype] = params
+            self._randomised = {**getattr(self, "_randomised", {}), dtype: True}
+        return fn, params
+
+
+def _sheared_cell(s):
+    """The same crystal in another cell of the same volume (c -> c + a)."""
+    out = s.copy()
+    out.make_supercell([[1, 0, 0], [0, 1, 0], [1, 0, 1]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def density_run():
+    return DensityRunner()
+
+
+@pytest.mark.parametrize("improper", [False, True])
+def test_density_input_is_equivariant_and_cell_independent(density_run, run, rng, improper):
+    s = quartz_structure()
+    R = random_rotation(rng, improper=improper)
+    c, c_rot, c_super, c_other_cell = density_run(
+        [s, rotated_structure(s, R), s * (2, 1, 1), _sheared_cell(s)]
+    )
+    assert _rel(c_rot, tensors.rotate(c, R)) < 1e-10
+    assert _rel(c_super, c) < 1e-10  # same volume per atom
+    assert _rel(c_other_cell, c) < 1e-10
+    # the volume per atom enters: the same structure differs from the plain network's
+    assert _rel(c, run([s])[0]) > 1e-3
+
+
+def test_density_input_sees_the_volume_beyond_the_cutoff():
+    """Two crystals whose atoms have the same neighbours within the cutoff but different
+    volumes per atom (a molecule-like cluster in a larger vacuum box) get different tensors;
+    the plain network cannot tell them apart."""
+    from pymatgen.core import Lattice, Structure
+
+    short = ("model.cutoff=3.0",)
+    coords = [[0, 0, 0], [1.6, 0, 0]]
+    boxes = [  # 108 and 171 A^3 per atom; no periodic image within the cutoff
+        Structure(Lattice.cubic(a), ["Si", "O"], coords, coords_are_cartesian=True)
+        for a in (6.0, 7.0)
+    ]
+    c = DensityRunner(short)(boxes)
+    assert _rel(c[1], c[0]) > 1e-3
+    plain = Runner(short)
+    p = plain(boxes)
+    assert _rel(p[1], p[0]) < 1e-10
+
+
+def test_density_input_padding_invariance(density_run):
+    s, other = quartz_structure(), _nacl()
+    alone = density_run([s])[0]
+    with_others = density_run([other, s, other])[1]
+    bigger = density_run([s], bucket=G.Bucket(400, 20000, 9))[0]
+    assert _rel(with_others, alone) < 1e-10
+    assert _rel(bigger, alone) < 1e-10

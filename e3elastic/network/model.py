@@ -5,13 +5,14 @@ Linen modules on e3nn-jax core functions (no haiku):
 * a species embedding (scalars ``0e``): a learned table row per element, or (with
   ``element_descriptors``) an MLP of the element's physical descriptors plus a per-element
   correction that starts at zero; with ``n_theories`` a learned vector per level of theory is
-  added;
+  added; with ``density_input`` a learned function of the crystal's log volume per atom too;
 * ``n_layers`` interaction blocks. Each is a point convolution: edge spherical harmonics up to
   ``sh_lmax``, a radial MLP on a Bessel basis times a polynomial cutoff envelope, and the tensor
   product of sender features with the harmonics, weighted per path by the radial MLP. Messages
   are summed on receivers; a self-interaction (linear), a gate nonlinearity and a residual
   connection follow;
-* a per-atom readout to ``2x0e+2x2e+1x4e`` and a masked mean over each crystal's atoms.
+* a per-atom readout to ``2x0e+2x2e+1x4e`` and a masked mean over each crystal's atoms (with
+  ``density_input``, plus a learned function of the log volume per atom on the two ``0e``).
 
 Parity is kept (O(3) irreps), so the output of a crystal keeps all of its point-group
 symmetry, inversion included. Edge vectors are computed here from positions, lattices and
@@ -247,6 +248,29 @@ class Interaction(nn.Module):
         return e3nn.scatter_sum(msg, dst=receivers, output_size=x.shape[0])
 
 
+#: Centres (in ``log(V / N / 1 A^3)``) and width of the Gaussian basis of the volume per atom:
+#: 5 to 250 A^3 per atom, dense metals to open frameworks and cells with vacuum.
+_DENSITY_CENTRES = np.linspace(np.log(5.0), np.log(250.0), 10)
+_DENSITY_WIDTH = float(_DENSITY_CENTRES[1] - _DENSITY_CENTRES[0])
+
+
+def density_features(inputs: dict[str, jax.Array], dtype: Any) -> jax.Array:
+    """``(G, 10)`` Gaussian basis of each crystal's log volume per atom (padding slots: zeros).
+
+    The volume per atom does not depend on the choice of cell, and is invariant under rotations
+    and inversion, so it can enter the scalars without breaking equivariance."""
+    n_graph = inputs["lattice"].shape[0]
+    count = jax.ops.segment_sum(
+        inputs["node_mask"].astype(dtype), inputs["node_graph"], num_segments=n_graph
+    )
+    volume = jnp.abs(jnp.linalg.det(inputs["lattice"].astype(dtype)))
+    real = inputs["graph_mask"] & (count > 0) & (volume > 0)
+    per_atom = jnp.where(real, volume / jnp.maximum(count, 1.0), 1.0)
+    u = jnp.log(per_atom)[:, None] - jnp.asarray(_DENSITY_CENTRES, dtype)[None, :]
+    basis = jnp.exp(-0.5 * jnp.square(u / _DENSITY_WIDTH))
+    return basis * real[:, None].astype(dtype)
+
+
 class SpeciesEmbedding(nn.Module):
     """Initial atom scalars ``(N, n_scalar)`` from species (and level of theory)."""
 
@@ -283,6 +307,11 @@ class SpeciesEmbedding(nn.Module):
                 name="theory",
             )(theory)  # (G, S)
             h = h + per_graph[inputs["node_graph"]]
+        if cfg.density_input:
+            dens = density_features(inputs, jnp.float32)  # (G, 10)
+            d = jax.nn.silu(nn.Dense(self.n_scalar, name="density_in")(dens))
+            d = nn.Dense(self.n_scalar, kernel_init=nn.initializers.zeros, name="density_out")(d)
+            h = h + d[inputs["node_graph"]]
         return h  # (N, S)
 
 
@@ -313,7 +342,7 @@ class ElasticityNet(nn.Module):
 
         hidden = e3nn.Irreps(cfg.hidden_irreps)
         n_scalar = sum(m for m, ir in hidden if ir == e3nn.Irrep("0e"))
-        if cfg.element_descriptors or cfg.n_theories:
+        if cfg.element_descriptors or cfg.n_theories or cfg.density_input:
             h0 = SpeciesEmbedding(cfg, n_scalar, name="species")(inputs)
         else:  # the original table, at the parameter path older bundles use
             h0 = nn.Embed(cfg.n_species, n_scalar, name="embed", param_dtype=jnp.float32)(
@@ -344,6 +373,12 @@ class ElasticityNet(nn.Module):
             inputs["node_mask"].astype(dtype), inputs["node_graph"], num_segments=n_graph
         )
         mean = total / jnp.maximum(count, 1.0)[:, None]  # guard empty (padding) graphs
+        if cfg.density_input:  # the two scalars (the first outputs) as a function of packing
+            dens = density_features(inputs, dtype)
+            iso = nn.Dense(2, kernel_init=nn.initializers.zeros, use_bias=False, name="density")(
+                dens
+            )
+            mean = mean + jnp.pad(iso, ((0, 0), (0, mean.shape[1] - 2)))
         return mean * inputs["graph_mask"][:, None].astype(dtype)  # (G, 21)
 
 
