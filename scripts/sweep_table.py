@@ -55,6 +55,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "cutoff": model["cutoff"],
         "sh_lmax": model.get("sh_lmax", 4),
         "norm": model.get("norm", "none"),
+        "density_input": bool(model.get("density_input", False)),
         "seed": train["seed"],
         "ema_decay": train.get("ema_decay", 0.0),
         "weight_decay": train.get("weight_decay", 0.0),
@@ -102,6 +103,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             net += f", harmonics to l={r['sh_lmax']}"
         if r.get("norm", "none") != "none":
             net += f", {r['norm']} norm"
+        if r.get("density_input"):
+            net += ", volume per atom in"
         if r.get("batch_size", 16) != 16:
             net += f"; batch {r['batch_size']}"
         if r.get("ema_decay"):

@@ -81,12 +81,14 @@ def test_table_names_a_batch_size_and_cutoff_other_than_the_default(tmp_path, ca
 
 def test_table_names_harmonics_and_normalisation_other_than_the_default(tmp_path, capsys):
     plain = sweep_table.run_row(_run(tmp_path, "old", {}))  # configs from before the options
-    assert (plain["sh_lmax"], plain["norm"]) == (4, "none")
-    row = sweep_table.run_row(_run(tmp_path, "n", {}, model={"sh_lmax": 3, "norm": "layer"}))
+    assert (plain["sh_lmax"], plain["norm"], plain["density_input"]) == (4, "none", False)
+    model = {"sh_lmax": 3, "norm": "layer", "density_input": True}
+    row = sweep_table.run_row(_run(tmp_path, "n", {}, model=model))
     sweep_table.print_table([row, plain])
     lines = capsys.readouterr().out.splitlines()
     assert "harmonics to l=3" in lines[2] and "layer norm" in lines[2]
-    assert "harmonics" not in lines[3] and "norm" not in lines[3]
+    assert "volume per atom" in lines[2]
+    assert "harmonics" not in lines[3] and "norm" not in lines[3] and "volume" not in lines[3]
 
 
 def test_table_names_pseudo_tensors_only_when_a_run_trained_on_them(tmp_path, capsys):
