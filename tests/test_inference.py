@@ -56,6 +56,44 @@ def ensemble_dir(tmp_path_factory):
     return root
 
 
+WIDER = ("model.hidden_irreps=12x0e+3x1o+3x2e+2x4e",)
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory):
+    """An ensemble of two architectures: members 0 and 2 tiny, member 1 wider."""
+    root = tmp_path_factory.mktemp("mixed")
+    for k in range(3):
+        _bundle(root / f"member_{k}", k, WIDER if k == 1 else ())
+    return root
+
+
+def test_mixed_ensemble_pools_every_architecture(mixed_dir):
+    """A mixed ensemble's members are those of each architecture, each predicting as it
+    would alone, and the mean is over all of them."""
+    model = inference.load_model(mixed_dir)
+    assert model.n_members == 3 and len(model.others) == 1
+    assert model.config.model != model.others[0].config.model
+    s = quartz_structure()
+    [r] = inference.predict([s], model=model)
+    alone = [inference.predict([s], model=mixed_dir / f"member_{k}")[0] for k in range(3)]
+    mean = np.mean([a["voigt_GPa"] for a in alone], axis=0)
+    assert np.abs(r["voigt_GPa"] - mean).max() < 1e-4 * np.abs(mean).max()
+    wider = alone[1]["voigt_GPa"]
+    assert np.abs(wider - alone[0]["voigt_GPa"]).max() > 1e-2  # the architectures differ
+    std = np.std([a["voigt_GPa"] for a in alone], axis=0, ddof=1)
+    assert np.abs(r["voigt_std_GPa"] - std).max() < 1e-3 * std.max() + 1e-6
+    text = repr(model)
+    assert "members=3" in text and " x2 + " in text and text.endswith(")")
+
+
+def test_ensemble_members_must_build_the_same_graphs(tmp_path, capsys):
+    _bundle(tmp_path / "ens" / "member_0", 0)
+    _bundle(tmp_path / "ens" / "member_1", 1, ("model.cutoff=4.0",))
+    with pytest.raises(inference.PredictError, match=r"cutoff 4\.0 against 5\.0"):
+        inference.load_model(tmp_path / "ens")
+
+
 def _rand_rotation(seed):
     q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))

@@ -99,7 +99,12 @@ MAX_EDGES = 300_000
 
 @dataclass
 class Model:
-    """One or more bundles with the same architecture (more than one: a deep ensemble)."""
+    """One or more bundles (more than one: a deep ensemble).
+
+    Members of one architecture are ``members``; a mixed ensemble keeps the members of each
+    further architecture in ``others``, models of their own that build the same graphs
+    (cutoff), share the head and the levels of theory, and whose members follow this one's
+    in every ``(n_members, ...)`` output."""
 
     config: Config
     members: list[tuple[Any, dict[str, np.ndarray]]]  # (params, stats) per member
@@ -114,6 +119,8 @@ class Model:
     #: G_VRH and Young's modulus, fitted on validation data (``calibration.json``'s
     #: ``interval_scale``); empty: the Gaussian values.
     interval_scale: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The members of other architectures in a mixed ensemble (see the class docstring).
+    others: list[Model] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._compiled = None
@@ -121,21 +128,27 @@ class Model:
 
     @property
     def n_members(self) -> int:
-        return len(self.members)
+        return len(self.members) + sum(o.n_members for o in self.others)
 
     @property
     def n_parameters(self) -> int:
-        """Trainable parameters of one member."""
+        """Trainable parameters of one member (of the first architecture in a mixed ensemble)."""
         import jax
 
         return int(sum(np.size(a) for a in jax.tree_util.tree_leaves(self.members[0][0])))
+
+    def _parameter_text(self) -> str:
+        return " + ".join(
+            f"{m.n_parameters:,}" + (f" x{len(m.members)}" if self.others else "")
+            for m in (self, *self.others)
+        )
 
     def __repr__(self) -> str:
         trained = (self.info.get("training_set") or {}).get("theories") or {}
         data = ", ".join(f"{n} {t}" for t, n in trained.items())
         return (
             f"Model({self.name!r}, config={self.config.name!r}, "
-            f"parameters={self.n_parameters:,}, members={self.n_members}, "
+            f"parameters={self._parameter_text()}, members={self.n_members}, "
             f"version={self.version!r}" + (f", trained on {data}" if data else "") + ")"
         )
 
@@ -187,7 +200,11 @@ class Model:
         if not graphs:
             return np.zeros((self.n_members, 0, tensors.N_IRREPS))
         buckets = buckets or inference_buckets(graphs, batch_size)
-        return predict_irreps(apply, self.members, graphs, buckets, batch_size, np.float32, theory)
+        out = predict_irreps(apply, self.members, graphs, buckets, batch_size, np.float32, theory)
+        if not self.others:
+            return out
+        rest = [o.predict_irreps(graphs, batch_size, theory, buckets) for o in self.others]
+        return np.concatenate([out, *rest], axis=0)
 
     def voigt(self, outputs: np.ndarray) -> np.ndarray:
         """Voigt stiffness ``(..., 6, 6)`` (GPa) from :meth:`predict_irreps` outputs."""
@@ -207,7 +224,8 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Model:
     """
     name = DEFAULT_MODEL if name_or_path is None else name_or_path
     path = _model_folder(name)
-    members, config, info, hashes = [], None, {}, []
+    groups: list[tuple[Config, list]] = []  # (config, members) per architecture
+    info, hashes = {}, []
     try:
         dirs = bundle_dirs(path)
     except CheckpointError as e:
@@ -217,25 +235,54 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Model:
             cfg, params, stats, inf = load_bundle(d)
         except CheckpointError as e:
             raise PredictError(str(e)) from None
-        if config is None:
-            config, info = cfg, inf
-        elif cfg.model != config.model:
-            raise PredictError(f"{d}: ensemble members must share one model config")
-        members.append((params, stats))
+        if not groups:
+            info = inf
+        else:
+            _check_compatible(d, groups[0][0], cfg)
+        for config, members in groups:
+            if config.model == cfg.model:
+                members.append((params, stats))
+                break
+        else:
+            groups.append((cfg, [(params, stats)]))
         hashes.append(_params_hash(d))
     version = hashes[0] if len(hashes) == 1 else _hash_text(" ".join(hashes))
     if info.get("trained"):
         version = f"{info['trained']}+{version}"
+    several = len(hashes) > 1
+    others = [
+        Model(config=c, members=m, info=info, path=str(path), name=str(name), version=version)
+        for c, m in groups[1:]
+    ]
     return Model(
-        config=config,
-        members=members,
+        config=groups[0][0],
+        members=groups[0][1],
         info=info,
         path=str(path),
         name=str(name),
         version=version,
-        sigma_scale=_sigma_scale(path) if len(members) > 1 else {},
-        interval_scale=_interval_scale(path) if len(members) > 1 else {},
+        sigma_scale=_sigma_scale(path) if several else {},
+        interval_scale=_interval_scale(path) if several else {},
+        others=others,
     )
+
+
+#: What every member of an ensemble must share: the graphs it reads (cutoff), what its outputs
+#: mean (head and its unit) and the levels of theory it takes.
+SHARED_MODEL_FIELDS = ("cutoff", "head", "log_reference", "n_theories")
+
+
+def _check_compatible(where: Path, first: Config, cfg: Config) -> None:
+    differ = [
+        f"{k} {getattr(cfg.model, k)!r} against {getattr(first.model, k)!r}"
+        for k in SHARED_MODEL_FIELDS
+        if getattr(cfg.model, k) != getattr(first.model, k)
+    ]
+    if differ:
+        raise PredictError(
+            f"{where}: ensemble members must share "
+            f"{', '.join(SHARED_MODEL_FIELDS)}; this one has {'; '.join(differ)}"
+        )
 
 
 def _model_folder(name: str | os.PathLike) -> Path:
