@@ -1,8 +1,9 @@
 """Inference: predict elastic tensors of structures with a shipped or trained model.
 
-* :mod:`~e3elastic.inference.predictor` - :func:`load_model`, :func:`predict` and the
-  :class:`Model` (one network or an ensemble); its public names are re-exported here, so
-  ``e3elastic.inference.predict`` is ``e3elastic.predict``;
+* :mod:`~e3elastic.inference.predictor` - :func:`predict`; its public names are re-exported
+  here, so ``e3elastic.inference.predict`` is ``e3elastic.predict``;
+* :mod:`~e3elastic.inference.models` - :func:`load_model` and the :class:`Model` (one network,
+  or an ensemble of one or several architectures);
 * :mod:`~e3elastic.inference.prediction` - the :class:`Prediction` result and its intervals;
 * :mod:`~e3elastic.inference.structures` - reading and checking the input structures;
 * :mod:`~e3elastic.inference.domain` - warnings for inputs outside the model's domain;
