@@ -1,12 +1,13 @@
 """Export the shipped models' network as compiled programs shipped with the package.
 
-    python scripts/export_programs.py [--model default]
+    python scripts/export_programs.py [--model default --model ensemble]
 
-Writes ``e3elastic/compiled/``: one ``jax.export`` program (StableHLO, CPU,
-float32) per padded input shape that a prediction of one to a few crystals uses, and
-``index.json`` with the network key and the parameter shapes. Rerun it whenever the model's
-source files change (``tests/test_programs.py`` fails until then); files of older networks are
-removed.
+Writes ``e3elastic/compiled/``: for every network that the models use (by default the shipped
+``default`` and each architecture of the shipped ``ensemble``), one ``jax.export`` program
+(StableHLO, CPU, float32) per padded input shape that a prediction of one to a few crystals
+uses, and ``index.json`` with each network's key and parameter shapes. Rerun it whenever the
+model's source files change (``tests/test_programs.py`` fails until then); files of older
+networks are removed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ BATCH_SIZE = 8
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", action="append", help="default: default and ensemble")
     args = ap.parse_args()
 
     import jax
@@ -40,33 +41,39 @@ def main() -> None:
     from e3elastic.network import interface
     from e3elastic.network.model import ElasticityNet
 
-    model = inference.load_model(args.model)
-    params = model.members[0][0]
-    key = programs.network_key(model.config)
-    apply = jax.jit(ElasticityNet(model.config.model).apply)
+    networks = {}  # network key -> (config, params of one member)
+    for name in args.model or ["default", "ensemble"]:
+        loaded = inference.load_model(name)
+        for m in (loaded, *loaded.others):
+            networks.setdefault(programs.network_key(m.config), (m.config, m.members[0][0]))
     out = programs.SHIPPED_DIR
     out.mkdir(parents=True, exist_ok=True)
-    stems = []
-    for n_node, n_edge in BUCKETS:
-        inputs = interface.dummy_inputs(n_node, n_edge, BATCH_SIZE + 1)
-        stem = programs.program_digest(
-            key,
-            programs.inputs_signature(inputs),
-            programs.params_signature(params),
-            "cpu",
-            False,
-        )
-        blob = export.export(apply, platforms=["cpu"])(params, inputs).serialize()
-        atomic_write(out / f"{stem}.bin", blob)
-        stems.append(stem)
-        print(f"{n_node:5d} nodes {n_edge:6d} edges  {stem}.bin  {len(blob) / 1024:.0f} KiB")
-    shapes = bundle._traced_param_shapes(model.config)  # from the network itself
-    index = {key: {"param_shapes": shapes, "programs": stems, "buckets": BUCKETS}}
+    index, stems = {}, []
+    for key, (config, params) in networks.items():
+        apply = jax.jit(ElasticityNet(config.model).apply)
+        entry = []
+        for n_node, n_edge in BUCKETS:
+            inputs = interface.dummy_inputs(n_node, n_edge, BATCH_SIZE + 1)
+            stem = programs.program_digest(
+                key,
+                programs.inputs_signature(inputs),
+                programs.params_signature(params),
+                "cpu",
+                False,
+            )
+            blob = export.export(apply, platforms=["cpu"])(params, inputs).serialize()
+            atomic_write(out / f"{stem}.bin", blob)
+            entry.append(stem)
+            print(f"{n_node:5d} nodes {n_edge:6d} edges  {stem}.bin  {len(blob) / 1024:.0f} KiB")
+        shapes = bundle._traced_param_shapes(config)  # from the network itself
+        index[key] = {"param_shapes": shapes, "programs": entry, "buckets": BUCKETS}
+        stems += entry
+        print(f"network {key}: {len(entry)} programs")
     atomic_write(out / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
     for f in out.glob("*.bin"):
         if f.stem not in stems:
             f.unlink()
-    print(f"network {key}: {len(stems)} programs in {out}")
+    print(f"{len(index)} networks, {len(stems)} programs in {out}")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ def test_quartz_prediction_has_trigonal_form(quartz):
 def test_shipped_ensemble_gives_spread():
     model = e3elastic.load_model("ensemble")
     assert model.n_members == 5
+    # two architectures: the default network and the wide one, sharing graphs and head
+    assert len(model.others) == 1 and model.others[0].n_parameters > 5 * model.n_parameters
     # calibrated on its validation split: the raw spread under-states the error
     assert set(model.sigma_scale) == {"voigt", "K_VRH", "G_VRH"}
     assert all(v > 1.0 for v in model.sigma_scale.values())

@@ -28,13 +28,19 @@ def default_model():
 
 
 def test_shipped_programs_are_those_of_the_current_network(default_model):
+    """One set of programs for every network of the shipped models: `default` and each
+    architecture of the (possibly mixed) `ensemble`, and no other."""
     index = json.loads((programs.SHIPPED_DIR / "index.json").read_text())
-    key = programs.network_key(default_model.config)
-    assert list(index) == [key], STALE
-    for stem in index[key]["programs"]:
-        assert (programs.SHIPPED_DIR / f"{stem}.bin").is_file(), STALE
-    traced = bundle._traced_param_shapes(default_model.config)
-    assert programs.shipped_param_shapes(default_model.config) == traced
+    ensemble = inference.load_model("ensemble")
+    configs = {
+        programs.network_key(m.config): m.config
+        for m in (default_model, ensemble, *ensemble.others)
+    }
+    assert set(index) == set(configs), STALE
+    for key, config in configs.items():
+        for stem in index[key]["programs"]:
+            assert (programs.SHIPPED_DIR / f"{stem}.bin").is_file(), STALE
+        assert programs.shipped_param_shapes(config) == bundle._traced_param_shapes(config)
 
 
 def test_network_key_follows_the_model_config(default_model):
