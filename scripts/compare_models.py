@@ -18,12 +18,17 @@ their configs differ (a cutoff, a radial MLP): the way to try an ensemble of mix
 before training one. Every member counts once, so a five-member ensemble weighs five times a
 single model. A model named in several ``--model`` options is loaded and run once.
 
+``--predictions DIR`` keeps each model's predictions on the part as ``.npz`` files, keyed by
+the model's weights (the sha256 of its ``params.npz`` files) and the crystals, so that a later
+call pooling the same members in other combinations does not run them again.
+
 Prints a Markdown table and, with ``--out``, writes every number as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -51,6 +56,41 @@ def pooled(models, records, cache: dict | None = None):
         members.append(ev.member_voigt[:, [where[r.id] for r in recs]])
     skipped = sorted({s for ev in evs for s in ev.skipped})
     return Evaluated(recs, np.concatenate(members, axis=0), skipped)
+
+
+def _key(path: str, records) -> str:
+    """A name for one model's predictions on ``records``: its weights and the crystals."""
+    from e3elastic.inference.bundle import model_folder
+
+    h = hashlib.sha256()
+    for f in sorted(model_folder(path).rglob("params.npz")):
+        h.update(f.read_bytes())
+    for r in records:
+        h.update(r.id.encode())
+    return h.hexdigest()[:20]
+
+
+def cached_predictions(model, path: str, records, folder: Path):
+    """``predict_records`` of one model, read from / written to ``folder``."""
+    from e3elastic.training.calibration import Evaluated
+    from e3elastic.training.evaluation import predict_records
+
+    f = folder / f"{_key(path, records)}.npz"
+    if f.exists():
+        z = np.load(f, allow_pickle=False)
+        where = {r.id: r for r in records}
+        return Evaluated(
+            [where[i] for i in z["ids"]], z["member_voigt"], [str(s) for s in z["skipped"]]
+        )
+    ev = predict_records(model, records)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        f,
+        ids=np.array([r.id for r in ev.records]),
+        member_voigt=ev.member_voigt,
+        skipped=np.array(ev.skipped, dtype=str),
+    )
+    return ev
 
 
 def _rows(models, records, reference: set[str], cache: dict) -> dict[str, dict]:
@@ -94,6 +134,7 @@ def main() -> int:
         help="JSON file with a 'test' list of ids, or a bundle's info.json (its test split)",
     )
     ap.add_argument("--out", default=None)
+    ap.add_argument("--predictions", default=None, metavar="DIR", help="cache of predictions")
     args = ap.parse_args()
 
     from e3elastic import data, inference
@@ -121,6 +162,10 @@ def main() -> int:
         for w in paths:
             if w not in loaded:
                 loaded[w] = inference.load_model(w)
+                if args.predictions:
+                    cache[id(loaded[w])] = cached_predictions(
+                        loaded[w], w, records, Path(args.predictions)
+                    )
         results[name] = _rows([loaded[w] for w in paths], records, reference, cache)
     print(f"{args.part} crystals of {args.split_from}: {len(records)}")
     head = "| model | crystals | n | rel. Frobenius | EwT25 | EwT10 | MAE log10 K / G |"

@@ -33,3 +33,35 @@ def test_pooled_aligns_members_by_crystal_and_drops_what_one_model_skipped(monke
     want_c = (a.member_voigt[:, 2].sum(axis=0) + b.member_voigt[0, 0]) / 4
     np.testing.assert_allclose(ev.mean[0], want_a)
     np.testing.assert_allclose(ev.mean[1], want_c)
+
+
+def test_cached_predictions_are_read_back_and_keyed_by_weights_and_crystals(monkeypatch, tmp_path):
+    from e3elastic.training import calibration, evaluation
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "params.npz").write_bytes(b"weights-1")
+    recs = [SimpleNamespace(id=k) for k in "abc"]
+    rng = np.random.default_rng(1)
+    calls = []
+
+    def predict(model, records):
+        calls.append([r.id for r in records])
+        return calibration.Evaluated(
+            list(records[:-1]), rng.normal(size=(2, len(records) - 1, 6, 6)), ["x: bad"]
+        )
+
+    monkeypatch.setattr(evaluation, "predict_records", predict)
+    cache = tmp_path / "cache"
+    first = compare_models.cached_predictions("M", str(model_dir), recs, cache)
+    again = compare_models.cached_predictions("M", str(model_dir), recs, cache)
+    assert len(calls) == 1
+    assert [r.id for r in again.records] == ["a", "b"] and again.records[0] is recs[0]
+    np.testing.assert_array_equal(again.member_voigt, first.member_voigt)
+    assert again.skipped == ["x: bad"]
+
+    compare_models.cached_predictions("M", str(model_dir), recs[:2], cache)  # other crystals
+    assert len(calls) == 2
+    (model_dir / "params.npz").write_bytes(b"weights-2")  # retrained model
+    compare_models.cached_predictions("M", str(model_dir), recs, cache)
+    assert len(calls) == 3
