@@ -1,12 +1,13 @@
 """The SiO2 experiment: the polymorph study (default), or the seed's zeolite-only training.
 
-    python scripts/sio2_experiment.py [--held-out RUN] [--with RUN] [--seed 1] [--data DIR]
+    python scripts/sio2_experiment.py [--runs checkpoints] [--pseudo FILE] [--seed 0] [--data DIR]
     python scripts/sio2_experiment.py --zeolites-only [--workdir checkpoints/sio2] [--epochs 40]
 
-The study (``scripts/sio2_study.py``) compares two runs of the default recipe that differ only
-in their split: one with every SiO2 crystal held out (``checkpoints/sio2-held-out``), one with
-the ordinary id split (``checkpoints/sio2-with``). A run folder without a ``best`` bundle is
-trained first (resumed when it has checkpoints; about an hour each on a 2-core CPU).
+The study (``scripts/sio2_study.py``) trains the shipped ensemble's recipe with every SiO2
+crystal held out, once with the `default` network and once with the wide one
+(``<runs>/sio2-out-default-s0``, ``<runs>/sio2-out-wide-s0``; a run folder without a ``best``
+bundle is trained first, resumed when it has checkpoints), and compares them with the shipped
+members of the same recipe, networks and seed, which had SiO2 in their training data.
 It prints per-polymorph tables (K, G, relative Frobenius error against DFT), writes
 ``benchmarks/results/sio2_study.json`` and the parity figure ``docs/figures/sio2_parity.png``.
 
@@ -38,9 +39,13 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--zeolites-only", action="store_true", help="the seed's experiment")
-    ap.add_argument("--held-out", default="checkpoints/sio2-held-out", help="run folder")
-    ap.add_argument("--with", dest="with_run", default="checkpoints/sio2-with", help="run folder")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--runs", default="checkpoints", help="where the held-out runs live")
+    ap.add_argument(
+        "--pseudo",
+        default="checkpoints/pseudo/ensemble.json",
+        help="pseudo-tensor file of the recipe (only read when a held-out run is trained)",
+    )
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/sio2_study.json")
     ap.add_argument("--figure", default="docs/figures/sio2_parity.png")
     args = ap.parse_args()
@@ -157,7 +162,7 @@ def main() -> int:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    """The polymorph study: train the two runs where needed, predict, tabulate, plot."""
+    """The polymorph study: train the held-out runs where needed, predict, tabulate, plot."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import sio2_study
 
@@ -166,17 +171,17 @@ def run_study(args: argparse.Namespace) -> int:
 
     show_messages()
     runtime.enable_compilation_cache()
-    bundles = {}
-    for name, folder in (("held_out", args.held_out), ("with", args.with_run)):
-        folder = Path(folder)
-        best = folder if (folder / "params.npz").is_file() else None
-        bundles[name] = best or sio2_study.ensure_run(
-            folder,
-            sio2_study.RUNS[name] + [s for x in args.set for s in ("--set", x)],
-            args.seed,
-            None,
-        )
-    report = sio2_study.study(bundles["held_out"], bundles["with"], args.data)
+    runs = Path(args.runs)
+    bundles = {
+        "held_out": {
+            net: sio2_study.ensure_run(
+                runs / f"sio2-out-{net}-s{args.seed}", net, args.pseudo, args.seed
+            )
+            for net in sio2_study.NETWORKS
+        },
+        "with": {net: Path(p) for net, p in sio2_study.SHIPPED.items()},
+    }
+    report = sio2_study.study(bundles, args.data)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     sio2_study.parity_figure(report["rows"], Path(args.figure))

@@ -1,12 +1,21 @@
-"""The SiO2 polymorph study: how well a model trained without any SiO2 predicts SiO2.
+"""The SiO2 polymorph study: how well models trained without any SiO2 predict SiO2.
 
-Two runs of one recipe and seed differ only in their split: ``held_out`` trains with every
-SiO2 crystal of every source held out (``data.holdout="formula:SiO2"``: the MP polymorphs, the
-MP tensors and all zeolite frameworks), ``with`` uses the ordinary id split, so most SiO2
-crystals are in its training data. For each Materials Project SiO2 polymorph (K_VRH and G_VRH;
-a tensor where the data has one, alpha-quartz mp-7000 among them) and each zeolite framework of
-the id split's test part, both models' K, G and (with a tensor) relative Frobenius error are
-tabulated next to DFT, with the split each crystal was in for the ``with`` run.
+The study's runs use the shipped ensemble's recipe (pseudo-tensors, the moving average of the
+weights, 20 epochs) and seed 0, with every SiO2 crystal of every source held out
+(``data.holdout="formula:SiO2"``: the MP polymorphs, the MP tensors and all zeolite
+frameworks): one of the `default` network (``checkpoints/sio2-out-default-s0``) and one of the
+wide network of the `large` preset (``checkpoints/sio2-out-wide-s0``). They are compared with
+the shipped members of the same recipe, networks and seed, trained on the ordinary id split, so
+most SiO2 crystals were in their training data: ``member_0`` (the shipped `default`) and
+``member_2`` of ``e3elastic/pretrained/ensemble``. Four models are scored:
+
+- ``held_out`` / ``with``: the two networks pooled (the mean of their tensors);
+- ``held_out_default`` / ``with_default``: the `default` network alone.
+
+For each Materials Project SiO2 polymorph (K_VRH and G_VRH; a tensor where the data has one,
+alpha-quartz mp-7000 among them) and each zeolite framework of the id split's test part, every
+model's K, G and (with a tensor) relative Frobenius error are tabulated next to DFT, with the
+split each crystal was in for the ``with`` models.
 
 Used by ``scripts/sio2_experiment.py`` (the default mode); see there for the command line.
 """
@@ -21,22 +30,46 @@ from typing import Any
 
 import numpy as np
 
-#: The recipe of both runs: the shipped default's, seed 1.
-RUNS = {
-    "held_out": ["--set", 'data.holdout="formula:SiO2"'],
-    "with": [],
+#: Each network's ``e3elastic train`` options.
+NETWORKS = {
+    "default": ["--config", "default"],
+    "wide": ["--config", "large", "--set", "data.batch_size=16"],
 }
+#: The models compared: name -> the networks pooled (held out, or the shipped members).
+MODELS = {
+    "held_out": ("held_out", ["default", "wide"]),
+    "with": ("with", ["default", "wide"]),
+    "held_out_default": ("held_out", ["default"]),
+    "with_default": ("with", ["default"]),
+}
+#: The shipped members of the same recipe and seed (id split), per network.
+_ENSEMBLE = Path(__file__).resolve().parents[1] / "e3elastic" / "pretrained" / "ensemble"
+SHIPPED = {"default": _ENSEMBLE / "member_0", "wide": _ENSEMBLE / "member_2"}
 
 
-def ensure_run(workdir: Path, extra: list[str], seed: int, epochs: int | None) -> Path:
-    """The run's ``best`` bundle, training (or resuming) the run first when it has none."""
+def recipe(pseudo: str) -> list[str]:
+    """The shipped ensemble's training options, with every SiO2 crystal held out."""
+    return [
+        *("--set", "train.epochs=20", "--set", "train.patience=15"),
+        *("--set", "train.ema_decay=0.999", "--set", "train.pseudo_weight=1"),
+        *("--set", f"train.pseudo_tensors={pseudo}"),
+        *("--set", 'data.holdout="formula:SiO2"'),
+    ]
+
+
+def ensure_run(workdir: Path, network: str, pseudo: str, seed: int) -> Path:
+    """The held-out run's ``best`` bundle, training (or resuming) the run first when it has
+    none."""
     best = workdir / "best"
     if (best / "params.npz").is_file():
         return best
-    cmd = [sys.executable, "-m", "e3elastic", "train", "--config", "default"]
-    cmd += ["--seed", str(seed), "--workdir", str(workdir), *extra]
-    if epochs:
-        cmd += ["--epochs", str(epochs)]
+    if not Path(pseudo).is_file():
+        raise SystemExit(
+            f"{workdir} must be trained, and its recipe needs the pseudo-tensor file {pseudo}; "
+            "e3elastic/pretrained/ensemble/README.md gives the commands that write it"
+        )
+    cmd = [sys.executable, "-m", "e3elastic", "train", *NETWORKS[network]]
+    cmd += ["--seed", str(seed), "--workdir", str(workdir), *recipe(pseudo)]
     if (workdir / "ckpt").exists():
         cmd.append("--resume")
     print("training: " + " ".join(cmd), file=sys.stderr)
@@ -50,13 +83,16 @@ def _is_sio2(record) -> bool:
     return Composition(record.formula).reduced_formula == "SiO2"
 
 
-def study(held_out: Path, with_sio2: Path, data_dir: str | None) -> dict[str, Any]:
-    """Predictions of both bundles for the SiO2 crystals, one row per crystal."""
+def study(bundles: dict[str, dict[str, Path]], data_dir: str | None) -> dict[str, Any]:
+    """Predictions of every model of :data:`MODELS` for the SiO2 crystals, one row per crystal.
+
+    ``bundles[kind][network]``: the bundle of that network, ``kind`` "held_out" or "with".
+    """
     from e3elastic import data, load_model, tensors
     from e3elastic.training.evaluation import predict_records
 
-    models = {"held_out": load_model(held_out), "with": load_model(with_sio2)}
-    config = models["with"].config
+    loaded = {(k, n): load_model(p) for k, nets in bundles.items() for n, p in nets.items()}
+    config = loaded[("with", "default")].config
     if data_dir:
         config = config.override([f"data.data={json.dumps(data_dir)}"])
     ds = data.load_for_config(config)
@@ -64,21 +100,23 @@ def study(held_out: Path, with_sio2: Path, data_dir: str | None) -> dict[str, An
     sio2 = [r for r in ds.records if _is_sio2(r)]
     mp = [r for r in sio2 if r.theory != "B3LYP-D2"]
     zeolites = [r for r in sio2 if r.theory == "B3LYP-D2" and part_of.get(r.id) == "test"]
-    held_split = models["held_out"].info.get("split") or {}
-    leaked = [r.id for r in sio2 if r.id in set(held_split.get("train", []))]
-    if leaked:
-        raise SystemExit(f"{held_out} trained on SiO2 crystals: {leaked[:5]}")
+    for (kind, net), m in loaded.items():
+        trained = set((m.info.get("split") or {}).get("train", []))
+        leaked = [r.id for r in sio2 if r.id in trained]
+        if kind == "held_out" and leaked:
+            raise SystemExit(f"{bundles[kind][net]} trained on SiO2 crystals: {leaked[:5]}")
 
     rows = []
     for group, records in (("MP polymorph", mp), ("zeolite (test)", zeolites)):
-        preds = {k: predict_records(m, records) for k, m in models.items()}
-        for k in preds:
-            if preds[k].skipped:
-                print(f"{k}: skipped {preds[k].skipped}", file=sys.stderr)
-        common = [r.id for r in preds["with"].records]
-        for name, ev in preds.items():
-            assert [r.id for r in ev.records] == common, name
-        for i, r in enumerate(preds["with"].records):
+        preds = {key: predict_records(m, records) for key, m in loaded.items()}
+        for key, ev in preds.items():
+            if ev.skipped:
+                print(f"{key}: skipped {ev.skipped}", file=sys.stderr)
+        first = next(iter(preds.values()))
+        common = [r.id for r in first.records]
+        for key, ev in preds.items():
+            assert [r.id for r in ev.records] == common, key
+        for i, r in enumerate(first.records):
             k_dft, g_dft = r.kg
             row = {
                 "id": r.id,
@@ -90,8 +128,8 @@ def study(held_out: Path, with_sio2: Path, data_dir: str | None) -> dict[str, An
                 "K_dft": float(k_dft),
                 "G_dft": float(g_dft),
             }
-            for name, ev in preds.items():
-                v = ev.mean[i]
+            for name, (kind, nets) in MODELS.items():
+                v = np.mean([preds[(kind, n)].mean[i] for n in nets], axis=0)
                 row[f"K_{name}"] = float(tensors.bulk_modulus(v)["hill"])
                 row[f"G_{name}"] = float(tensors.shear_modulus(v)["hill"])
                 if r.has_tensor:
@@ -102,10 +140,20 @@ def study(held_out: Path, with_sio2: Path, data_dir: str | None) -> dict[str, An
         "rows": rows,
         "summary": summarise(rows),
         "models": {
-            k: {"path": str(p), "version": models[k].version}
-            for k, p in (("held_out", held_out), ("with", with_sio2))
+            name: {
+                "networks": {
+                    n: {"path": str(bundles[kind][n]), "version": loaded[(kind, n)].version}
+                    for n in nets
+                }
+            }
+            for name, (kind, nets) in MODELS.items()
         },
     }
+
+
+def _names(rows: list[dict[str, Any]]) -> list[str]:
+    """The models scored in rows, in the order of their ``K_<name>`` keys."""
+    return [k[2:] for k in rows[0] if k.startswith("K_") and k != "K_dft"] if rows else []
 
 
 def _median_rel(rows, q: str, name: str) -> float:
@@ -126,7 +174,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not rs:
             continue
         entry: dict[str, Any] = {"n": len(rs)}
-        for name in RUNS:
+        for name in _names(rows):
             entry[name] = {
                 "median_rel_K": _median_rel(rs, "K", name),
                 "median_rel_G": _median_rel(rs, "G", name),
@@ -154,8 +202,8 @@ def parity_figure(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, q, label in zip(axes, "KG", ("bulk modulus K_VRH", "shear modulus G_VRH"), strict=True):
         dft = np.array([r[f"{q}_dft"] for r in mp])
         for name, marker, colour, text in (
-            ("held_out", "o", "tab:red", "every SiO2 held out"),
-            ("with", "s", "tab:blue", "SiO2 in the data (id split)"),
+            ("held_out", "o", "tab:red", "every SiO2 held out (2 networks pooled)"),
+            ("with", "s", "tab:blue", "SiO2 in the data, id split (2 networks pooled)"),
         ):
             ax.scatter(
                 dft,
@@ -210,19 +258,25 @@ def print_tables(report: dict[str, Any]) -> None:
         )
     print()
     print(
-        "| crystals | n | median rel. K: held out / with | median rel. G: held out / with | "
-        "median rel. Frobenius: held out / with |"
+        "| crystals | n | models | median rel. K: held out / with | "
+        "median rel. G: held out / with | median rel. Frobenius: held out / with |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for g, e in report["summary"].items():
-        h, w = e["held_out"], e["with"]
-        fro = (
-            f"{h['median_rel_frobenius']:.3f} / {w['median_rel_frobenius']:.3f} "
-            f"(n = {h['n_tensors']})"
-            if "median_rel_frobenius" in h
-            else ""
-        )
-        print(
-            f"| {g} | {e['n']} | {h['median_rel_K']:.3f} / {w['median_rel_K']:.3f} | "
-            f"{h['median_rel_G']:.3f} / {w['median_rel_G']:.3f} | {fro} |"
-        )
+        for label, a, b in (
+            ("2 networks pooled", "held_out", "with"),
+            ("`default` alone", "held_out_default", "with_default"),
+        ):
+            if a not in e or b not in e:
+                continue
+            h, w = e[a], e[b]
+            fro = (
+                f"{h['median_rel_frobenius']:.3f} / {w['median_rel_frobenius']:.3f} "
+                f"(n = {h['n_tensors']})"
+                if "median_rel_frobenius" in h
+                else ""
+            )
+            print(
+                f"| {g} | {e['n']} | {label} | {h['median_rel_K']:.3f} / {w['median_rel_K']:.3f} | "
+                f"{h['median_rel_G']:.3f} / {w['median_rel_G']:.3f} | {fro} |"
+            )
