@@ -90,3 +90,34 @@ def test_a_first_run_on_a_new_machine_neither_traces_nor_imports_the_network(
     # Silicon is a training crystal (mp-149; PBE K_VRH 83.0 GPa in matminer 2015): the model
     # fits it within 10 %; 15 % leaves room for a retrained model, not for a broken one.
     assert abs(k - 83.0) < 0.15 * 83.0, k
+
+
+def test_many_crystals_are_padded_by_size_and_come_back_in_order():
+    from pymatgen.core import Lattice, Structure
+
+    small = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
+    big = quartz_structure() * (3, 3, 2)
+    order = [big, small, small, small, big, small, small, small, small, small]
+    graphs = [graph.structure_to_graph(s, 5.0) for s in order]
+    theory = np.arange(len(graphs)) % 2
+    buckets = programs.inference_buckets(graphs, 4)
+    assert len(buckets) > 1 and buckets[0].n_edge < buckets[-1].n_edge
+    assert len(programs.inference_buckets(graphs[:4], 4)) == 1  # one batch: one shape
+
+    calls = []
+
+    def apply(params, inputs):  # per graph: its real node count and its level of theory
+        calls.append(len(inputs["species"]))
+        real = inputs["node_mask"]
+        counts = np.bincount(inputs["node_graph"][real], minlength=len(inputs["graph_mask"]))
+        out = np.zeros((len(inputs["graph_mask"]), 21))
+        out[:, 0], out[:, 1] = counts, inputs["theory"]
+        return out
+
+    stats = {"shift": np.zeros(21), "scale": np.ones(21)}
+    out = interface.predict_irreps(apply, [(None, stats)], graphs, buckets, 4, theory=theory)
+    np.testing.assert_array_equal(out[0, :, 0], [g.n_node for g in graphs])
+    np.testing.assert_array_equal(out[0, :, 1], theory)
+    # batched by size: the two large crystals share one batch, and the small crystals' batches
+    # are not padded to the shape that holds them
+    assert len(calls) == 3 and calls.count(max(calls)) == 1 and min(calls) < max(calls)

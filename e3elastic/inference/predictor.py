@@ -210,8 +210,8 @@ def _predict_prepared(
     progress,
 ) -> None:
     """Run the model on the prepared graphs in chunks and fill their results. A chunk that
-    fails (e.g. out of memory) is retried one structure at a time with the same padded shapes
-    (no new compilation), so only the culprit fails."""
+    fails (e.g. out of memory) is retried one structure at a time, each padded to one of the
+    chunk's shapes, so only the culprit fails."""
     done = 0
     chunk_size = max(1, batch_size) * 8
     for start in range(0, len(ready), chunk_size):

@@ -158,11 +158,23 @@ class StoredPrograms:
 
 
 def inference_buckets(graphs, batch_size):
-    """Power-of-two shapes, so repeated calls reuse a few compiled programs."""
+    """Power-of-two shapes, so repeated calls reuse a few compiled programs.
+
+    The largest shape holds ``batch_size`` of the largest graphs (all graphs, when they are
+    fewer). With more graphs than one batch, each smaller shape is half the one above (down to
+    64 nodes and 1,024 edges), so that a batch of small crystals is not padded to the shape of
+    the largest one: :func:`e3elastic.network.interface.predict_irreps` batches graphs by size
+    and pads each batch to the smallest shape that holds it.
+    """
     n = max(g.n_node for g in graphs)
     e = max(g.n_edge for g in graphs)
     total_n = sum(g.n_node for g in graphs)
     total_e = sum(g.n_edge for g in graphs)
     nodes = 1 << max(6, int(min(total_n, max(n, 1) * batch_size) + 1).bit_length())
     edges = 1 << max(10, int(min(total_e, max(e, 1) * batch_size)).bit_length())
-    return (graph_mod.Bucket(nodes, edges, batch_size + 1),)
+    shapes = [graph_mod.Bucket(nodes, edges, batch_size + 1)]
+    if len(graphs) > batch_size:
+        while nodes >= 128 and edges >= 2048:
+            nodes, edges = nodes // 2, edges // 2
+            shapes.append(graph_mod.Bucket(nodes, edges, batch_size + 1))
+    return tuple(reversed(shapes))

@@ -155,10 +155,16 @@ def predict_irreps(
     out = np.zeros((len(members), len(graphs), tensors.N_IRREPS))
     if not graphs:
         return out
-    for b in batches(graphs, batch_size=batch_size, buckets=buckets):
+    # batches of graphs of like size, so that each is padded to the smallest bucket it fits
+    order = np.argsort([g.n_edge for g in graphs], kind="stable")
+    by_size = [graphs[i] for i in order]
+    if theory is not None and np.ndim(theory):
+        theory = np.asarray(theory)[order]
+    for b in batches(by_size, batch_size=batch_size, buckets=buckets):
         inputs = batch_inputs(b, dtype, theory)
         real = b.graph_index >= 0
+        rows = order[b.graph_index[real]]
         for k, (params, stats) in enumerate(members):
             y = np.asarray(apply(params, inputs), np.float64)  # (G, 21) normalised
-            out[k, b.graph_index[real]] = stats["shift"] + stats["scale"] * y[real]
+            out[k, rows] = stats["shift"] + stats["scale"] * y[real]
     return out
