@@ -1,13 +1,13 @@
 """The SiO2 experiment: the polymorph study (default), or the seed's zeolite-only training.
 
-    python scripts/sio2_experiment.py [--runs checkpoints] [--pseudo FILE] [--seed 0] [--data DIR]
+    python scripts/sio2_experiment.py [--runs checkpoints] [--pseudo F] [--seeds 0 1] [--data DIR]
     python scripts/sio2_experiment.py --zeolites-only [--workdir checkpoints/sio2] [--epochs 40]
 
 The study (``scripts/sio2_study.py``) trains the shipped ensemble's recipe with every SiO2
-crystal held out, once with the `default` network and once with the wide one
-(``<runs>/sio2-out-default-s0``, ``<runs>/sio2-out-wide-s0``; a run folder without a ``best``
-bundle is trained first, resumed when it has checkpoints), and compares them with the shipped
-members of the same recipe, networks and seed, which had SiO2 in their training data.
+crystal held out, for the `default` network and the wide one and each seed
+(``<runs>/sio2-out-default-s0``, ``<runs>/sio2-out-wide-s0``, ...; a run folder without a
+``best`` bundle is trained first, resumed when it has checkpoints), and compares them with the
+shipped members of the same recipe, networks and seeds, which had SiO2 in their training data.
 It prints per-polymorph tables (K, G, relative Frobenius error against DFT), writes
 ``benchmarks/results/sio2_study.json`` and the parity figure ``docs/figures/sio2_parity.png``.
 
@@ -45,7 +45,7 @@ def main() -> int:
         default="checkpoints/pseudo/ensemble.json",
         help="pseudo-tensor file of the recipe (only read when a held-out run is trained)",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", default="benchmarks/results/sio2_study.json")
     ap.add_argument("--figure", default="docs/figures/sio2_parity.png")
     args = ap.parse_args()
@@ -172,14 +172,18 @@ def run_study(args: argparse.Namespace) -> int:
     show_messages()
     runtime.enable_compilation_cache()
     runs = Path(args.runs)
+    keys = [(net, seed) for net in sio2_study.NETWORKS for seed in args.seeds]
+    missing = [k for k in keys if k not in sio2_study.SHIPPED]
+    if missing:
+        raise SystemExit(f"no shipped member of network and seed {missing}")
     bundles = {
         "held_out": {
-            net: sio2_study.ensure_run(
-                runs / f"sio2-out-{net}-s{args.seed}", net, args.pseudo, args.seed
+            (net, seed): sio2_study.ensure_run(
+                runs / f"sio2-out-{net}-s{seed}", net, args.pseudo, seed
             )
-            for net in sio2_study.NETWORKS
+            for net, seed in keys
         },
-        "with": {net: Path(p) for net, p in sio2_study.SHIPPED.items()},
+        "with": {k: sio2_study.SHIPPED[k] for k in keys},
     }
     report = sio2_study.study(bundles, args.data)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

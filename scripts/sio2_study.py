@@ -1,16 +1,16 @@
 """The SiO2 polymorph study: how well models trained without any SiO2 predict SiO2.
 
 The study's runs use the shipped ensemble's recipe (pseudo-tensors, the moving average of the
-weights, 20 epochs) and seed 0, with every SiO2 crystal of every source held out
+weights, 20 epochs) with every SiO2 crystal of every source held out
 (``data.holdout="formula:SiO2"``: the MP polymorphs, the MP tensors and all zeolite
-frameworks): one of the `default` network (``checkpoints/sio2-out-default-s0``) and one of the
-wide network of the `large` preset (``checkpoints/sio2-out-wide-s0``). They are compared with
-the shipped members of the same recipe, networks and seed, trained on the ordinary id split, so
-most SiO2 crystals were in their training data: ``member_0`` (the shipped `default`) and
-``member_2`` of ``e3elastic/pretrained/ensemble``. Four models are scored:
+frameworks), for the `default` network and the wide network of the `large` preset, seeds 0 and
+1 (``checkpoints/sio2-out-default-s0``, ``...-wide-s1``, ...). They are compared with the
+shipped members of the same recipe, networks and seeds, trained on the ordinary id split, so
+most SiO2 crystals were in their training data (``member_0`` to ``member_3`` of
+``e3elastic/pretrained/ensemble``). Four models are scored:
 
-- ``held_out`` / ``with``: the two networks pooled (the mean of their tensors);
-- ``held_out_default`` / ``with_default``: the `default` network alone.
+- ``held_out`` / ``with``: every network and seed pooled (the mean of their tensors);
+- ``held_out_default`` / ``with_default``: the `default` network's seeds pooled.
 
 For each Materials Project SiO2 polymorph (K_VRH and G_VRH; a tensor where the data has one,
 alpha-quartz mp-7000 among them) and each zeolite framework of the id split's test part, every
@@ -42,9 +42,17 @@ MODELS = {
     "held_out_default": ("held_out", ["default"]),
     "with_default": ("with", ["default"]),
 }
-#: The shipped members of the same recipe and seed (id split), per network.
+#: The shipped members of the same recipe (id split), per (network, seed).
 _ENSEMBLE = Path(__file__).resolve().parents[1] / "e3elastic" / "pretrained" / "ensemble"
-SHIPPED = {"default": _ENSEMBLE / "member_0", "wide": _ENSEMBLE / "member_2"}
+SHIPPED = {
+    ("default", 0): _ENSEMBLE / "member_0",
+    ("default", 1): _ENSEMBLE / "member_1",
+    ("wide", 0): _ENSEMBLE / "member_2",
+    ("wide", 1): _ENSEMBLE / "member_3",
+    ("wide", 2): _ENSEMBLE / "member_4",
+}
+#: The seeds the study trains and pools.
+SEEDS = (0, 1)
 
 
 def recipe(pseudo: str) -> list[str]:
@@ -83,16 +91,16 @@ def _is_sio2(record) -> bool:
     return Composition(record.formula).reduced_formula == "SiO2"
 
 
-def study(bundles: dict[str, dict[str, Path]], data_dir: str | None) -> dict[str, Any]:
+def study(bundles: dict[str, dict[tuple[str, int], Path]], data_dir: str | None) -> dict[str, Any]:
     """Predictions of every model of :data:`MODELS` for the SiO2 crystals, one row per crystal.
 
-    ``bundles[kind][network]``: the bundle of that network, ``kind`` "held_out" or "with".
+    ``bundles[kind][(network, seed)]``: a bundle, ``kind`` "held_out" or "with".
     """
     from e3elastic import data, load_model, tensors
     from e3elastic.training.evaluation import predict_records
 
-    loaded = {(k, n): load_model(p) for k, nets in bundles.items() for n, p in nets.items()}
-    config = loaded[("with", "default")].config
+    loaded = {(k, *key): load_model(p) for k, runs in bundles.items() for key, p in runs.items()}
+    config = loaded[("with", "default", 0)].config
     if data_dir:
         config = config.override([f"data.data={json.dumps(data_dir)}"])
     ds = data.load_for_config(config)
@@ -100,11 +108,11 @@ def study(bundles: dict[str, dict[str, Path]], data_dir: str | None) -> dict[str
     sio2 = [r for r in ds.records if _is_sio2(r)]
     mp = [r for r in sio2 if r.theory != "B3LYP-D2"]
     zeolites = [r for r in sio2 if r.theory == "B3LYP-D2" and part_of.get(r.id) == "test"]
-    for (kind, net), m in loaded.items():
+    for (kind, *key), m in loaded.items():
         trained = set((m.info.get("split") or {}).get("train", []))
         leaked = [r.id for r in sio2 if r.id in trained]
         if kind == "held_out" and leaked:
-            raise SystemExit(f"{bundles[kind][net]} trained on SiO2 crystals: {leaked[:5]}")
+            raise SystemExit(f"{bundles[kind][tuple(key)]} trained on SiO2 crystals: {leaked[:5]}")
 
     rows = []
     for group, records in (("MP polymorph", mp), ("zeolite (test)", zeolites)):
@@ -129,7 +137,8 @@ def study(bundles: dict[str, dict[str, Path]], data_dir: str | None) -> dict[str
                 "G_dft": float(g_dft),
             }
             for name, (kind, nets) in MODELS.items():
-                v = np.mean([preds[(kind, n)].mean[i] for n in nets], axis=0)
+                pool = [k for k in preds if k[0] == kind and k[1] in nets]
+                v = np.mean([preds[k].mean[i] for k in pool], axis=0)
                 row[f"K_{name}"] = float(tensors.bulk_modulus(v)["hill"])
                 row[f"G_{name}"] = float(tensors.shear_modulus(v)["hill"])
                 if r.has_tensor:
@@ -140,12 +149,16 @@ def study(bundles: dict[str, dict[str, Path]], data_dir: str | None) -> dict[str
         "rows": rows,
         "summary": summarise(rows),
         "models": {
-            name: {
-                "networks": {
-                    n: {"path": str(bundles[kind][n]), "version": loaded[(kind, n)].version}
-                    for n in nets
+            name: [
+                {
+                    "network": n,
+                    "seed": seed,
+                    "path": str(p),
+                    "version": loaded[(kind, n, seed)].version,
                 }
-            }
+                for (n, seed), p in bundles[kind].items()
+                if n in nets
+            ]
             for name, (kind, nets) in MODELS.items()
         },
     }
@@ -202,8 +215,8 @@ def parity_figure(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, q, label in zip(axes, "KG", ("bulk modulus K_VRH", "shear modulus G_VRH"), strict=True):
         dft = np.array([r[f"{q}_dft"] for r in mp])
         for name, marker, colour, text in (
-            ("held_out", "o", "tab:red", "every SiO2 held out (2 networks pooled)"),
-            ("with", "s", "tab:blue", "SiO2 in the data, id split (2 networks pooled)"),
+            ("held_out", "o", "tab:red", "every SiO2 held out"),
+            ("with", "s", "tab:blue", "SiO2 in the data (id split)"),
         ):
             ax.scatter(
                 dft,
@@ -264,8 +277,8 @@ def print_tables(report: dict[str, Any]) -> None:
     print("|---|---|---|---|---|---|")
     for g, e in report["summary"].items():
         for label, a, b in (
-            ("2 networks pooled", "held_out", "with"),
-            ("`default` alone", "held_out_default", "with_default"),
+            ("both networks, seeds pooled", "held_out", "with"),
+            ("`default` network, seeds pooled", "held_out_default", "with_default"),
         ):
             if a not in e or b not in e:
                 continue
