@@ -108,11 +108,11 @@ def study(bundles: dict[str, dict[tuple[str, int], Path]], data_dir: str | None)
     sio2 = [r for r in ds.records if _is_sio2(r)]
     mp = [r for r in sio2 if r.theory != "B3LYP-D2"]
     zeolites = [r for r in sio2 if r.theory == "B3LYP-D2" and part_of.get(r.id) == "test"]
-    for (kind, *key), m in loaded.items():
-        trained = set((m.info.get("split") or {}).get("train", []))
+    for key, path in bundles["held_out"].items():
+        trained = set((loaded[("held_out", *key)].info.get("split") or {}).get("train", []))
         leaked = [r.id for r in sio2 if r.id in trained]
-        if kind == "held_out" and leaked:
-            raise SystemExit(f"{bundles[kind][tuple(key)]} trained on SiO2 crystals: {leaked[:5]}")
+        if leaked:
+            raise SystemExit(f"{path} trained on SiO2 crystals: {leaked[:5]}")
 
     rows = []
     for group, records in (("MP polymorph", mp), ("zeolite (test)", zeolites)):
