@@ -3,7 +3,8 @@
     python scripts/sweep_table.py checkpoints/RUN [checkpoints/RUN ...] [--out FILE.json]
 
 For each run folder (``e3elastic train --workdir``): the network (hidden irreps, blocks, radial
-MLP, and the EMA decay, weight decay, pseudo-tensor and soft-target weights where set),
+MLP, and the learning rate, EMA decay, weight decay, pseudo-tensor and soft-target weights
+where they differ from the defaults),
 trainable parameters (from the best bundle's ``params.npz``), median seconds per epoch after the
 first (``timing.jsonl``; the first includes compilation), epochs done of those planned, and at
 the best validation epoch (``metrics.jsonl``): relative Frobenius error, EwT25, EwT10, MAE
@@ -23,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from e3elastic.config import TrainConfig
+
+#: The learning rate of a config that does not name one.
+DEFAULT_LR = TrainConfig().learning_rate
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -57,6 +63,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "norm": model.get("norm", "none"),
         "density_input": bool(model.get("density_input", False)),
         "seed": train["seed"],
+        "learning_rate": train.get("learning_rate", DEFAULT_LR),
         "ema_decay": train.get("ema_decay", 0.0),
         "weight_decay": train.get("weight_decay", 0.0),
         "pseudo_weight": train.get("pseudo_weight", 0.5) if train.get("pseudo_tensors") else 0.0,
@@ -107,6 +114,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             net += ", volume per atom in"
         if r.get("batch_size", 16) != 16:
             net += f"; batch {r['batch_size']}"
+        if r.get("learning_rate", DEFAULT_LR) != DEFAULT_LR:
+            net += f"; learning rate {r['learning_rate']:g}"
         if r.get("ema_decay"):
             net += f"; EMA {r['ema_decay']}"
         if r.get("weight_decay"):

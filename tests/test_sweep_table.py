@@ -104,3 +104,13 @@ def test_table_names_pseudo_tensors_only_when_a_run_trained_on_them(tmp_path, ca
     assert "pseudo-tensors x1.0" in lines[2] and "soft targets x0.5" in lines[2]
     assert [r["soft_weight"] for r in rows] == [0.5, 0.0, 0.0]
     assert "pseudo" not in lines[3] and "pseudo" not in lines[4]
+
+
+def test_table_names_a_learning_rate_other_than_the_default(tmp_path, capsys):
+    plain = sweep_table.run_row(_run(tmp_path, "old", {}))  # a config without the key
+    assert plain["learning_rate"] == 3e-3
+    row = sweep_table.run_row(_run(tmp_path, "lr", {"learning_rate": 0.01}))
+    assert row["learning_rate"] == 0.01
+    sweep_table.print_table([row, plain])
+    lines = capsys.readouterr().out.splitlines()
+    assert "learning rate 0.01" in lines[2] and "learning rate" not in lines[3]
