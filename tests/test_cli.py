@@ -412,3 +412,19 @@ def test_data_summary_options_reach_the_dataset(tmp_path, capsys):
     assert any(len(p) > 1 for p in parts_of_formulas(by_id).values()), by_id
     # the seed moves crystals between parts
     assert by_id != split_seed_0
+
+
+def test_prediction_table_keeps_huge_entries_apart():
+    # an absurd (extrapolated) tensor must still print as six numbers per row
+    from e3elastic.cli.predict import format_predictions
+    from e3elastic.inference.prediction import Prediction
+
+    c11, c12, c44 = 7_093_032.70, -3_459_742.69, 6_924_475.0
+    voigt = np.diag([c11] * 3 + [c44] * 3)
+    voigt[:3, :3] += c12 * (1 - np.eye(3))
+    p = Prediction.from_voigt(voigt, file="x.cif", formula="C")
+    lines = format_predictions([p], "table").splitlines()
+    start = next(i for i, line in enumerate(lines) if "Voigt stiffness" in line) + 1
+    rows = lines[start : start + 6]
+    for i, row in enumerate(rows):
+        assert np.allclose([float(x) for x in row.split()], voigt[i], atol=0.01)

@@ -49,6 +49,10 @@ def _nacl_conventional(a):
     )
 
 
+def _diamond(a):
+    return Structure.from_spacegroup("Fd-3m", Lattice.cubic(a), ["C"], [[0, 0, 0]])
+
+
 def _cases():
     si = Structure.from_file(str(EXAMPLES / "silicon.cif"))
     c = si.lattice.c
@@ -85,6 +89,9 @@ def _cases():
         "solid argon": (_fcc("Ar", 5.26), {"unseen-element", "isolated-atom", "strained"}),
         # fcc xenon: 4.335 / 2.80 = 1.55, over 1.45 but not 1.7
         "solid xenon": (_fcc("Xe", 6.13), {"unseen-element", "strained"}),
+        # diamond squeezed to 0.9 a: C-C 1.391 / 1.46 = 0.95, an ordinary geometry; but the
+        # prediction is far stiffer than diamond (the model extrapolates the volume response)
+        "diamond compressed to 0.9 a": (_diamond(0.9 * 3.567), {"stiffer-than-diamond"}),
         # fcc krypton (a = 5.72): 4.045 / 2.32 = 1.74, over 1.7 and 1.45; Kr is in 1 training
         # crystal
         "solid krypton": (_fcc("Kr", 5.72), {"rare-element", "isolated-atom", "strained"}),
@@ -112,8 +119,9 @@ def test_out_of_domain_inputs_raise_exactly_their_warnings(model):
 
 
 def test_examples_get_no_warning(model):
-    results = e3elastic.predict(sorted(str(p) for p in EXAMPLES.glob("*.cif")), model=model)
-    assert len(results) == 5
+    paths = sorted(str(p) for p in EXAMPLES.glob("*.cif"))
+    results = e3elastic.predict([*paths, _diamond(3.567)], model=model)  # diamond as measured
+    assert len(results) == 6
     for r in results:
         assert r["error"] is None and r["warnings"] == [], (r["file"], r["warnings"])
 
@@ -145,3 +153,13 @@ def test_ensemble_disagreement():
     assert domain.ensemble_warnings(np.stack([base, base * 1.05])) == []
     [w] = domain.ensemble_warnings(np.stack([base, base * 2.0]))
     assert w.startswith("ensemble-disagreement:")
+
+
+def test_stiffer_than_diamond_thresholds():
+    k, g = (domain.STIFFNESS_FACTOR * domain.DIAMOND_MODULI_GPA[q] for q in ("K_VRH", "G_VRH"))
+    assert domain.stiffness_warnings(442.0, 535.0) == []  # diamond itself
+    assert domain.stiffness_warnings(0.99 * k, 0.99 * g) == []
+    [w] = domain.stiffness_warnings(1.01 * k, 100.0)
+    assert w.startswith("stiffer-than-diamond:") and "K_VRH" in w and "G_VRH" not in w
+    [w] = domain.stiffness_warnings(100.0, 1.01 * g)
+    assert "G_VRH" in w and "K_VRH" not in w

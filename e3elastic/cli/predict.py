@@ -97,10 +97,14 @@ def _prediction_table(r: dict) -> list[str]:
         )
     for warning in r.get("warnings") or []:
         lines.append(f"  WARNING {warning}")
-    lines.append("  Voigt stiffness C_IJ (GPa), order 11 22 33 23 13 12:")
     std = r.get("voigt_std_GPa")
+    lines.append(
+        "  Voigt stiffness C_IJ (GPa), order 11 22 33 23 13 12"
+        + ("; +- one calibrated standard deviation over the members:" if std is not None else ":")
+    )
+    width = max(10, 2 + max(len(f"{x:.2f}") for row in r["voigt_GPa"] for x in row))
     for i, row in enumerate(r["voigt_GPa"]):
-        cells = "".join(f"{x:10.2f}" for x in row)
+        cells = "".join(f"{x:{width}.2f}" for x in row)
         if std is not None:
             cells += "   +- " + " ".join(f"{s:5.1f}" for s in std[i])
         lines.append("  " + cells)

@@ -29,6 +29,12 @@ flags those cases; each warning is ``"<code>: <sentence>"``. Codes:
 
 :func:`ensemble_warnings` adds ``ensemble-disagreement`` when members spread by more than
 :data:`ENSEMBLE_SPREAD` (relative Frobenius) around their mean.
+
+:func:`stiffness_warnings` looks at the prediction itself: ``stiffer-than-diamond`` when its
+K_VRH or G_VRH exceeds :data:`STIFFNESS_FACTOR` times diamond's (:data:`DIAMOND_MODULI_GPA`),
+the stiffest known solid and the top of the training labels. The log head keeps every
+prediction positive-definite, but a compressed or malformed input (atoms too close, a CIF read
+with the wrong origin choice) can drive it far beyond any real crystal.
 Covalent radii are Cordero et al. (2008), as tabulated in pymatgen.
 """
 
@@ -45,9 +51,12 @@ __all__ = [
     "ISOLATED_RATIO",
     "RARE_ELEMENT",
     "SHORT_RATIO",
+    "STIFFNESS_FACTOR",
+    "DIAMOND_MODULI_GPA",
     "STRAIN_RANGE",
     "VACUUM_GAP_A",
     "ensemble_warnings",
+    "stiffness_warnings",
     "structure_warnings",
 ]
 
@@ -58,6 +67,11 @@ ISOLATED_RATIO = 1.7
 SHORT_RATIO = 0.7
 STRAIN_RANGE = (0.75, 1.45)
 ENSEMBLE_SPREAD = 0.25
+#: K_VRH and G_VRH of diamond from its measured single-crystal constants (C11 1079, C12 124,
+#: C44 578 GPa; McSkimin and Andreatch 1972). The largest labels in training are PBE diamond's,
+#: K 436 and G 523 GPa.
+DIAMOND_MODULI_GPA = {"K_VRH": 442.0, "G_VRH": 535.0}
+STIFFNESS_FACTOR = 1.15
 _DEFAULT_RADIUS = 1.5  # Angstrom, for an element without a tabulated covalent radius
 
 
@@ -190,3 +204,21 @@ def ensemble_warnings(member_voigts: np.ndarray) -> list[str]:
             f"(more than {ENSEMBLE_SPREAD:.0%}); treat the mean as a rough guess"
         ]
     return []
+
+
+def stiffness_warnings(k_vrh: float, g_vrh: float) -> list[str]:
+    """``stiffer-than-diamond`` when a predicted K_VRH or G_VRH (GPa) is more than
+    :data:`STIFFNESS_FACTOR` times diamond's."""
+    over = [
+        f"{name} {value:,.0f} GPa"
+        for name, value in (("K_VRH", k_vrh), ("G_VRH", g_vrh))
+        if value > STIFFNESS_FACTOR * DIAMOND_MODULI_GPA[name]
+    ]
+    if not over:
+        return []
+    k, g = DIAMOND_MODULI_GPA["K_VRH"], DIAMOND_MODULI_GPA["G_VRH"]
+    return [
+        f"stiffer-than-diamond: {' and '.join(over)}, beyond any known solid (diamond: K {k:.0f}, "
+        f"G {g:.0f} GPa); the input is probably compressed or malformed (atoms too close, or a "
+        "CIF read with the wrong origin choice), and the numbers are not physical"
+    ]

@@ -235,6 +235,9 @@ def _predict_prepared(
                     _result_fields(voigts, rotations, model.sigma_scale, model.interval_scale)
                 )
                 results[i]["warnings"] += domain.ensemble_warnings(voigts)
+                results[i]["warnings"] += domain.stiffness_warnings(
+                    results[i]["K_VRH_GPa"], results[i]["G_VRH_GPa"]
+                )
             except Exception as e:  # non-finite output, singular tensor, model failure
                 results[i]["error"] = f"prediction failed: {short_error(e)}" + (
                     f" (its batch of {len(chunk)} had failed first: {batch_error})"
