@@ -18,7 +18,7 @@ def short_error(err: BaseException, limit: int = 160, *, with_type: bool = True)
     """``err`` on one line, at most ``limit`` characters, optionally prefixed by its type."""
     text = " ".join(str(err).split())
     if with_type:
-        text = f"{type(err).__name__}: {text}"
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     elif not text:
         text = type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -748,6 +748,7 @@ def test_predict_on_hostile_structures(tiny_model):
     assert "max_edges" in errors["dense"]
     assert "thin" in errors["too-thin"]
     assert "partial occupancies" in errors["disordered"]
+    assert "unknown element symbol 'X'" in errors["no-element"]  # named, not a hash
     assert elapsed < CALL_LIMIT_S
 
 
@@ -794,6 +795,50 @@ def test_read_structure_named_failures(scratch):
         inference.read_structure(scratch / "empty.cif")
     with pytest.raises(inference.PredictError, match="directory"):
         inference.read_structure(scratch)
+
+
+def test_inputs_a_new_user_gets_wrong(tiny_model, tmp_path):
+    """Mistakes seen in practice: each gets a message that names it, and the rest still run."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nacl = _rocksalt("Na", "Cl", 5.64)
+    nacl.to(filename=str(folder / "NaCl_POSCAR"), fmt="poscar")  # POSCAR not first in the name
+    (folder / "notes.txt").write_text("not a structure\n")
+    # two data blocks: only the first is predicted, and the result says so
+    two = _nacl_cif() + "\n" + _rocksalt("K", "Cl", 6.29).to(fmt="cif")
+    (folder / "two.cif").write_text(two)
+    # a VASP 4 POSCAR: no line of element symbols, so pymatgen would call the atoms H and He
+    # (nor in the comment line or after the coordinates, where pymatgen would look for them)
+    vasp5 = (folder / "NaCl_POSCAR").read_text().splitlines()
+    coords = [" ".join(line.split()[:3]) for line in vasp5[8:16]]
+    (tmp_path / "POSCAR").write_text("\n".join(["rock salt", *vasp5[1:5], *vasp5[6:8], *coords]))
+    paths = inference.expand_paths([folder, tmp_path / "POSCAR"])
+    assert [Path(p).name for p in paths] == ["NaCl_POSCAR", "two.cif", "POSCAR"]
+    poscar, two_blocks, vasp4 = inference.predict(paths, model=tiny_model)
+    assert poscar["error"] is None and poscar["formula"] == "NaCl"
+    assert two_blocks["error"] is None and two_blocks["formula"] == "NaCl"
+    assert [w.split(":")[0] for w in two_blocks["warnings"]] == ["multiple-structures"]
+    assert "holds 2 structures" in two_blocks["warnings"][0]
+    assert "names no elements" in vasp4["error"]
+    assert poscar["warnings"] == []  # one block: no note
+
+    class Atoms:  # an ASE Atoms without a cell (a molecule), without needing ASE here
+        def get_cell(self):
+            return np.zeros((3, 3))
+
+    [r] = inference.predict([Atoms()], model=tiny_model)
+    assert "no periodic cell" in r["error"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    from e3elastic.inference.structures import STRUCTURE_SUFFIXES
+
+    assert all(f"`{suffix}`" in readme for suffix in STRUCTURE_SUFFIXES)  # the list users read
+
+
+def test_short_error_of_an_exception_without_a_message():
+    from e3elastic.errors import short_error
+
+    assert short_error(AssertionError()) == "AssertionError"
+    assert short_error(ValueError("bad")) == "ValueError: bad"
 
 
 def _check_read_file(path: Path) -> None:

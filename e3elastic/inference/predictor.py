@@ -166,14 +166,16 @@ def _prepare(
     """Read and check one input, filling ``res`` (id, formula, lattice, warnings, symmetry):
     ``(graph, rotations to symmetrize over or None)``, or None with ``res["error"]`` set."""
     try:
-        name, s = as_structure(item)
+        name, s, read_notes = as_structure(item)
         check_structure(s)
         res["id"] = name
         res["formula"] = s.composition.reduced_formula
         res["lattice_A"] = np.asarray(s.lattice.matrix, np.float64)
         s = wrapped_into_cell(s)
         g = graph_mod.structure_to_graph(s, model.config.model.cutoff, id=name, max_edges=max_edges)
-        res["warnings"] = domain.structure_warnings(s, g, model.info.get("training_set"))
+        res["warnings"] = read_notes + domain.structure_warnings(
+            s, g, model.info.get("training_set")
+        )
         rotations = _symmetry_fields(res, s, symmetrize, symprec)
         return g, rotations if symmetrize else None
     except (PredictError, graph_mod.GraphError, ValueError) as e:

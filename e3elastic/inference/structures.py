@@ -51,6 +51,13 @@ class PredictError(E3ElasticError, ValueError):
     """A model or input cannot be used; the message says which and why."""
 
 
+def _is_structure_file(f: Path) -> bool:
+    """A file a folder contributes: a known suffix, or VASP's POSCAR/CONTCAR anywhere in its
+    name (``NaCl_POSCAR``, ``POSCAR.relaxed``), as pymatgen recognises them."""
+    name = f.name.upper()
+    return f.suffix.lower() in STRUCTURE_SUFFIXES or "POSCAR" in name or "CONTCAR" in name
+
+
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Files from paths, directories (their structure files, sorted) and glob patterns.
 
@@ -64,15 +71,8 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
             hits = sorted(glob.glob(s, recursive=True))
             out.extend(hits if hits else [s])
         elif Path(s).is_dir():
-            hits = sorted(
-                str(f)
-                for f in Path(s).iterdir()
-                if f.is_file()
-                and (
-                    f.suffix.lower() in STRUCTURE_SUFFIXES
-                    or f.name.upper().startswith(("POSCAR", "CONTCAR"))
-                )
-            )
+            files = (f for f in Path(s).iterdir() if f.is_file() and _is_structure_file(f))
+            hits = sorted(str(f) for f in files)
             out.extend(hits if hits else [s])
         else:
             out.append(s)
@@ -80,7 +80,14 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def read_structure(path: str | os.PathLike):
-    """A pymatgen Structure from any file pymatgen (or ASE, when installed) reads."""
+    """A pymatgen Structure from any file pymatgen (or ASE, when installed) reads; the first
+    one of a file that holds several."""
+    return _read_structure(path)[0]
+
+
+def _read_structure(path: str | os.PathLike) -> tuple[Any, list[str]]:
+    """(Structure, warnings): a ``multiple-structures`` warning when the file holds more than
+    the one returned."""
     import warnings
 
     from pymatgen.core import Structure
@@ -93,12 +100,20 @@ def read_structure(path: str | os.PathLike):
     if p.stat().st_size == 0:
         raise PredictError("empty file")
     errors = []
+    structure = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Structure.from_file(str(p))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            structure = Structure.from_file(str(p))
     except Exception as e:  # pymatgen raises many types on bad files
         errors.append(f"pymatgen: {short_error(e)}")
+    if structure is not None:
+        if any("cannot be determined" in str(w.message) for w in caught):
+            raise PredictError(
+                "the POSCAR names no elements (VASP 4 format), so its species would be guessed; "
+                "add a line of element symbols above the line of atom counts"
+            )
+        return structure, _other_blocks(p)
     try:
         from ase.io import read as ase_read
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -106,36 +121,79 @@ def read_structure(path: str | os.PathLike):
         pass
     else:
         try:
-            return AseAtomsAdaptor.get_structure(ase_read(str(p)))
+            return AseAtomsAdaptor.get_structure(ase_read(str(p))), []
         except Exception as e:
             errors.append(f"ase: {short_error(e)}")
     raise PredictError(f"not a readable structure ({'; '.join(errors)})")
 
 
-def as_structure(item: Any):
-    """(label, Structure) from a Structure, an ASE Atoms or a path."""
+def _other_blocks(p: Path) -> list[str]:
+    """``multiple-structures`` when a CIF holds more than one data block with a structure."""
+    import warnings
+
+    if ".cif" not in p.name.lower():
+        return []
+    try:
+        text = p.read_text(errors="replace")
+    except OSError:
+        return []
+    if sum(line.lstrip().lower().startswith("data_") for line in text.splitlines()) < 2:
+        return []
+    from pymatgen.io.cif import CifParser
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n = len(CifParser.from_str(text).parse_structures(primitive=False))
+    except Exception:  # the first block was read; the count is only for the warning
+        return []
+    if n < 2:
+        return []
+    return [
+        f"multiple-structures: the file holds {n} structures and only the first was "
+        "predicted; put each in its own file to predict the others"
+    ]
+
+
+def as_structure(item: Any) -> tuple[str, Any, list[str]]:
+    """(label, Structure, warnings) from a Structure, an ASE Atoms or a path."""
     from pymatgen.core import Structure
 
     if isinstance(item, Structure):
-        return item.composition.reduced_formula, item
+        return item.composition.reduced_formula, item, []
     if type(item).__name__ == "Atoms" and hasattr(item, "get_cell"):
         from pymatgen.io.ase import AseAtomsAdaptor
 
+        if abs(float(np.linalg.det(np.asarray(item.get_cell(), np.float64)))) < 1e-6:
+            raise PredictError(
+                "the ASE Atoms has no periodic cell (zero volume); give the crystal's lattice "
+                "vectors (Atoms(..., cell=..., pbc=True))"
+            )
         s = AseAtomsAdaptor.get_structure(item)
-        return s.composition.reduced_formula, s
+        return s.composition.reduced_formula, s, []
     if isinstance(item, str | os.PathLike):
-        return str(item), read_structure(item)
+        s, notes = _read_structure(item)
+        return str(item), s, notes
     raise PredictError(
         f"cannot predict for a {type(item).__name__}; give a Structure, Atoms or path"
     )
 
 
 def check_structure(s) -> None:
-    """:class:`PredictError` unless the structure has atoms, is ordered and is finite."""
+    """:class:`PredictError` unless the structure has atoms, is ordered, names real elements
+    and is finite."""
     if len(s) == 0:
         raise PredictError("structure has no atoms")
     if not s.is_ordered:
         raise PredictError("structure has partial occupancies; give an ordered structure")
+    from pymatgen.core.periodic_table import DummySpecies
+
+    unknown = sorted({str(sp.symbol) for sp in s.species if isinstance(sp, DummySpecies)})
+    if unknown:
+        raise PredictError(
+            f"unknown element symbol{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(u) for u in unknown)}: every site must name a real element"
+        )
     lat = np.asarray(s.lattice.matrix)
     if not np.all(np.isfinite(lat)) or not np.all(np.isfinite(s.cart_coords)):
         raise PredictError("structure has non-finite lattice or coordinates")
