@@ -113,7 +113,7 @@ def born_stability(C, tol: float = 0.0) -> dict[str, np.ndarray]:
     ``min_eigenvalue > tol``.
     """
     v = _any_to_voigt(C)
-    lam = np.linalg.eigvalsh(voigt_to_mandel(v))[..., 0]
+    lam = np.linalg.eigvalsh(voigt_to_mandel(v))[..., 0][()]  # a scalar for one tensor
     return {"min_eigenvalue": lam, "stable": lam > tol}
 
 

@@ -275,6 +275,8 @@ def test_isotropic_moduli():
     np.testing.assert_allclose(T.linear_compressibility(v, n), 1 / (3 * 160.0), rtol=1e-12)
     # eigenvalues of an isotropic C: 3K (once) and 2G (five times)
     assert p["min_eigenvalue_GPa"] == pytest.approx(160.0, rel=1e-12)
+    # one tensor in, plain numbers out (a 0-d array would print and serialise oddly)
+    assert all(np.ndim(x) == 0 and not isinstance(x, np.ndarray) for x in p.values())
 
 
 def test_silicon_directional_youngs_modulus():
