@@ -43,6 +43,16 @@ def test_building_the_parser_imports_neither_data_nor_jax():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("module", ["e3elastic", "e3elastic.cli"])
+def test_python_dash_m_runs_the_command(module):
+    # scripts (sio2_study.py) start training as ``python -m e3elastic train``
+    out = subprocess.run(
+        [sys.executable, "-m", module, "train", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--workdir" in out.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # the test script
 # --------------------------------------------------------------------------------------------
