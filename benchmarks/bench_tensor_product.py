@@ -46,7 +46,7 @@ def main() -> None:
 
     n_edge, n_node = args.edges, max(1, args.edges // 8)
     rng = np.random.default_rng(0)
-    irreps = e3nn.Irreps("32x0e+8x1o+8x2e+4x3o+4x4e")  # the default's hidden irreps
+    irreps = e3nn.Irreps("32x0e+8x1o+8x2e+4x3o+4x4e")  # the 30k default's hidden irreps
     x = jnp.asarray(rng.normal(size=(n_edge, irreps.dim)), jnp.float32)
     vec = e3nn.IrrepsArray("1o", jnp.asarray(rng.normal(size=(n_edge, 3)), jnp.float32))
     sh = e3nn.spherical_harmonics("0e+1o+2e+3o+4e", vec, True, "component").array

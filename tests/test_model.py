@@ -456,7 +456,7 @@ def _random_edges(rng, irreps_in, filter_out, n_node, n_edge):
 @pytest.mark.parametrize(
     "irreps_in, filter_out",
     [
-        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"]),  # the default's second block
+        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"]),  # the 30k default's second block
         ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "1o", "2e", "3o", "4e"]),
         ("5x0e", ["0e", "1o", "2e", "3o", "4e"]),  # the first block
         ("3x1e+2x2o+1x0o", ["0e", "0o", "1o", "1e", "2e", "2o"]),  # other parities
@@ -594,7 +594,7 @@ def test_scalar_block_mixes_on_edges_like_the_general_path(hidden, irreps_in):
 @pytest.mark.parametrize(
     "irreps_in, filter_out",
     [
-        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"]),  # the default's second block
+        ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"]),  # the 30k default's second block
         ("6x0e+2x1o+2x2e+1x3o+1x4e", ["0e", "1o", "2e", "3o", "4e"]),
         ("3x1e+2x2o+1x0o+2x0e", ["0e", "0o", "1o", "1e", "2e", "2o"]),  # other parities
     ],
@@ -637,7 +637,7 @@ def test_summed_messages_are_the_scattered_weighted_tensor_product(irreps_in, fi
 @pytest.mark.parametrize(
     "irreps_in, filter_out, irreps_out",
     [
-        # the default's second block: 0e -> 2e and 0e -> 4e are mixed on the edges
+        # the 30k default's second block: 0e -> 2e and 0e -> 4e are mixed on the edges
         ("32x0e+8x1o+8x2e+4x3o+4x4e", ["0e", "2e", "4e"], "44x0e+8x2e+4x4e"),
         # more output channels than input ones: nothing is mixed on the edges
         ("3x0e+2x1o+1x2e", ["0e", "1o", "2e"], "5x0e+4x1o+5x2e"),
