@@ -38,7 +38,7 @@ STAGES: dict[str, set[str]] = {
     "network": {"network"},
     "inference": {"inference"},
     "training": {"training"},
-    "application": {"cli", "plots", "doctor"},
+    "application": {"cli", "plots", "doctor", "__main__"},
 }
 ALLOWED: dict[str, set[str]] = {
     "toolkit": {"toolkit"},
