@@ -820,6 +820,7 @@ def test_inputs_a_new_user_gets_wrong(tiny_model, tmp_path):
     assert [w.split(":")[0] for w in two_blocks["warnings"]] == ["multiple-structures"]
     assert "holds 2 structures" in two_blocks["warnings"][0]
     assert "names no elements" in vasp4["error"]
+    assert vasp4["id"] == str(tmp_path / "POSCAR")  # a failed file keeps its label
     assert poscar["warnings"] == []  # one block: no note
 
     class Atoms:  # an ASE Atoms without a cell (a molecule), without needing ASE here

@@ -148,7 +148,7 @@ def _new_result(item: Any, provenance: dict[str, Any], theory: str) -> Predictio
     return Prediction(
         {
             "file": label,
-            "id": None,
+            "id": label,  # a file's label even when it cannot be read
             "formula": None,
             "error": None,
             "warnings": [],
