@@ -47,12 +47,12 @@ import numpy as np
 
 __all__ = [
     "DENSITY_FACTOR",
+    "DIAMOND_MODULI_GPA",
     "ENSEMBLE_SPREAD",
     "ISOLATED_RATIO",
     "RARE_ELEMENT",
     "SHORT_RATIO",
     "STIFFNESS_FACTOR",
-    "DIAMOND_MODULI_GPA",
     "STRAIN_RANGE",
     "VACUUM_GAP_A",
     "ensemble_warnings",
