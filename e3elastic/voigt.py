@@ -46,9 +46,14 @@ SYMMETRY_RTOL = 1e-6
 # --------------------------------------------------------------------------------------
 def _array(x, name: str) -> np.ndarray:
     try:
-        a = np.asarray(x, dtype=np.float64)
+        a = np.asarray(x)
+        complex_values = a.dtype.kind == "c"
+        if not complex_values:
+            a = a.astype(np.float64, copy=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be an array of real numbers: {err}") from None
+    if complex_values:  # numpy would drop the imaginary part with only a ComplexWarning
+        raise ValueError(f"{name} must be an array of real numbers, got complex values")
     if a.size and not np.all(np.isfinite(a)):
         bad = int(np.count_nonzero(~np.isfinite(a)))
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")

@@ -191,9 +191,185 @@ def test_tensor_refuses_what_is_not_a_symmetric_6x6(tmp_path, capsys):
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         capsys.readouterr()
-        assert main(["tensor", str(tmp_path / name)]) in (1, 2), name
+        assert main(["tensor", str(tmp_path / name)]) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("error: ") and name in err and "Traceback" not in err, err
+
+
+# copper (GPa): cubic, Zener ratio 2 C44 / (C11 - C12) = 150.8 / 47 = 3.2085
+CU = (168.4, 121.4, 75.4)
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_tensor_reports_each_matrix_of_a_file_that_holds_several(tmp_path, capsys):
+    si, cu = _cubic(C11, C12, C44), _cubic(*CU)
+    both = tmp_path / "two.json"
+    both.write_text(json.dumps([si, cu]))
+    text = tmp_path / "two.txt"
+    text.write_text("\n".join(" ".join(f"{x:g}" for x in row) for row in si + cu))
+    for f in (both, text):
+        rc, out, err = _run(["tensor", str(f)], capsys)
+        assert rc == 0 and err == "", err
+        blocks = [b.splitlines() for b in out.split("\n\n") if b.strip()]
+        assert [b[0] for b in blocks] == [f"{f}[0]", f"{f}[1]"]
+        want = [(C11 + 2 * C12) / 3, (CU[0] + 2 * CU[1]) / 3]
+        for block, k in zip(blocks, want, strict=True):
+            assert _numbers(block, "bulk modulus") == pytest.approx([k] * 3, abs=0.005)
+    rc, out, _ = _run(["tensor", "--json", str(both)], capsys)
+    reports = json.loads(out)
+    assert rc == 0 and [r["name"] for r in reports] == [f"{both}[0]", f"{both}[1]"]
+    assert [r["voigt_GPa"] for r in reports] == [si, cu]
+    assert [r["K_VRH_GPa"] for r in reports] == pytest.approx(want)
+
+
+def test_tensor_reads_materials_project_documents(tmp_path, capsys):
+    cu = np.array(_cubic(*CU))
+    ieee = tmp_path / "mp.json"  # ieee_format is preferred over raw (here: twice as stiff)
+    ieee.write_text(
+        json.dumps({"elastic_tensor": {"raw": (2 * cu).tolist(), "ieee_format": cu.tolist()}})
+    )
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({"elastic_tensor": {"raw": cu.tolist()}}))
+    for f in (ieee, raw):
+        rc, out, err = _run(["tensor", "--json", str(f)], capsys)
+        [rep] = json.loads(out)
+        assert rc == 0 and rep["voigt_GPa"] == cu.tolist(), err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"elastic_tensor": {"compliance": cu.tolist()}}))
+    rc, _, err = _run(["tensor", str(other)], capsys)
+    assert rc == 2 and "'compliance'" in err and "ieee_format" in err and "voigt_GPa" in err
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Inputs that cannot be used: name -> (arguments, a piece of the message)."""
+    cu = _cubic(*CU)
+    files = {
+        "five.json": json.dumps(np.eye(5).tolist()),
+        "five.txt": "\n".join(" ".join(["1"] * 5) for _ in range(5)),
+        "words.txt": "a b c\n",
+        "strings.json": json.dumps([["a"] * 6] * 6),
+        "broken.json": "[[1, 2],",
+        "keys.json": json.dumps({"matrix": cu}),
+        "complex.txt": "\n".join(" ".join(f"{x:g}+1j" for x in row) for row in cu),
+        "nan.json": json.dumps([[float("nan")] * 6] * 6),
+    }
+    pieces = {
+        "five.json": "shape (5, 5)",
+        "five.txt": "6 rows of 6",
+        "words.txt": "'a' is not a number",
+        "strings.json": "not a matrix of numbers",
+        "broken.json": "not valid JSON",
+        "keys.json": "no matrix key",
+        "complex.txt": "is complex",
+        "nan.json": "NaN",
+    }
+    cases = {}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        cases[name] = ([str(tmp_path / name)], pieces[name])
+    cases["missing.json"] = ([str(tmp_path / "missing.json")], "cannot read")
+    cases["unknown example"] = (["--example", "unobtainium"], "unknown example")
+    return cases
+
+
+def test_tensor_every_input_error_exits_2_and_gives_an_error_object_in_json(tmp_path, capsys):
+    good = tmp_path / "cu.json"
+    good.write_text(json.dumps(_cubic(*CU)))
+    for case, (args, piece) in _bad_inputs(tmp_path).items():
+        name = args[-1]
+        rc, out, err = _run(["tensor", *args], capsys)
+        assert rc == 2 and out == "", case
+        assert err.startswith(f"error: {name}: ") and "Traceback" not in err, (case, err)
+        assert piece in err, (case, err)
+        rc, out, err = _run(["tensor", "--json", str(good), *args], capsys)
+        assert rc == 2, case
+        reports = {r["name"]: r for r in json.loads(out)}  # the good file is still reported
+        bad, ok = reports[name], reports[str(good)]
+        assert set(bad) == {"name", "error"} and bad["name"] == name, case
+        assert f"error: {name}: {bad['error']}" in err, (case, err)
+        assert len(reports) == 2 and ok["error"] is None and ok["stable"] is True
+    # nothing to do at all: the same, with no name
+    rc, out, err = _run(["tensor", "--json"], capsys)
+    assert rc == 2 and json.loads(out)[0]["name"] is None and err.startswith("error: give")
+
+
+def test_tensor_messages_name_the_form_each_kind_of_file_can_hold(tmp_path, capsys):
+    cases = _bad_inputs(tmp_path)
+    _, _, err = _run(["tensor", *cases["five.txt"][0]], capsys)
+    assert "6 rows of 6 numbers" in err and "got 5 rows of 5" in err
+    assert "3, 3, 3, 3" not in err and "3x3x3x3" not in err  # no form a text file cannot hold
+    _, _, err = _run(["tensor", *cases["five.json"][0]], capsys)
+    assert "shape (5, 5)" in err and "6x6" in err and "3x3x3x3" in err
+    _, _, err = _run(["tensor", *cases["complex.txt"][0]], capsys)
+    assert "'168.4+1j' is complex" in err
+    _, _, err = _run(["tensor", *cases["keys.json"][0]], capsys)
+    assert "'matrix'" in err and "voigt_GPa" in err
+
+
+def test_tensor_names_the_asymmetry_in_gpa_and_the_option_that_fixes_it(tmp_path, capsys):
+    v = np.array(_cubic(*CU))
+    v[0, 1] += 0.001  # 6e-6 of the largest entry: refused, as by the toolkit
+    f = tmp_path / "asym.json"
+    f.write_text(json.dumps(v.tolist()))
+    rc, out, err = _run(["tensor", str(f)], capsys)
+    assert rc == 2 and out == ""
+    assert "|C12 - C21| = 0.001 GPa" in err and "--symmetrize" in err
+    rc, out, err = _run(["tensor", "--symmetrize", "--json", str(f)], capsys)
+    [rep] = json.loads(out)
+    assert rc == 0 and rep["voigt_GPa"][0][1] == rep["voigt_GPa"][1][0] == pytest.approx(121.4005)
+    assert err == f"note: {f}: symmetrized: |C12 - C21| = 0.001 GPa\n"
+
+
+def test_tensor_marks_the_moduli_of_an_unstable_tensor(tmp_path, capsys):
+    v = np.array(_cubic(*CU))
+    v[3, 3] = -10.0
+    f = tmp_path / "unstable.json"
+    f.write_text(json.dumps(v.tolist()))
+    rc, out, _ = _run(["tensor", str(f)], capsys)
+    lines = out.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.strip().startswith("bulk modulus"))
+    assert rc == 1 and "not physical" in lines[at - 1] and "UNSTABLE" in lines[at - 1]
+    assert _numbers(lines, "shear modulus")  # the numbers are still shown
+    rc, out, _ = _run(["tensor", "--json", str(f)], capsys)
+    [rep] = json.loads(out)
+    assert rc == 1 and rep["stable"] is False and "not physical" in rep["warning"]
+    assert rep["born_stable"] is False and "not positive-definite" in rep["error"]
+    assert rep["G_R_GPa"] > 0 and rep["min_eigenvalue_GPa"] == pytest.approx(-20.0)
+    f.write_text(json.dumps(_cubic(*CU)))
+    rc, out, _ = _run(["tensor", "--json", str(f)], capsys)
+    [rep] = json.loads(out)
+    assert rc == 0 and rep["stable"] is True and rep["warning"] is None
+    assert "not physical" not in _run(["tensor", str(f)], capsys)[1]
+
+
+def test_tensor_gives_the_zener_ratio_of_a_cubic_tensor_only(tmp_path, capsys):
+    cu, si = tmp_path / "cu.json", tmp_path / "si.json"
+    cu.write_text(json.dumps(_cubic(*CU)))
+    si.write_text(json.dumps(_cubic(C11, C12, C44)))
+    rc, out, _ = _run(["tensor", "--json", str(cu), str(si)], capsys)
+    zener = [r["zener_anisotropy"] for r in json.loads(out)]
+    assert rc == 0 and zener == pytest.approx([2 * 75.4 / 47.0, 2 * C44 / (C11 - C12)])
+    assert round(zener[0], 2) == 3.21
+    rc, out, _ = _run(["tensor", str(cu)], capsys)
+    assert _numbers(out.splitlines(), "Zener") == pytest.approx([zener[0]], abs=5e-5)
+    # not cubic (C22 differs; a shear-normal coupling; hexagonal magnesium): no ratio
+    tetragonal = np.array(_cubic(*CU))
+    tetragonal[1, 1] += 5.0
+    coupled = np.array(_cubic(*CU))
+    coupled[0, 3] = coupled[3, 0] = 2.0
+    for name, v in {"tetragonal": tetragonal, "coupled": coupled}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(v.tolist()))
+    args = [str(tmp_path / "tetragonal.json"), str(tmp_path / "coupled.json")]
+    rc, out, _ = _run(["tensor", "--json", *args, "--example", "magnesium"], capsys)
+    assert rc == 0 and [r["zener_anisotropy"] for r in json.loads(out)] == [None] * 3
+    rc, out, _ = _run(["tensor", *args], capsys)
+    assert "Zener" not in out
 
 
 def _numbers(lines: list[str], label: str) -> list[float]:
@@ -279,6 +455,18 @@ def test_plot_voigt_draws_the_directional_modulus(tmp_path, drawn, capsys):
     assert _e_100_and_110(_cubic(C11, C12, C44)) == pytest.approx((e100, e110), rel=1e-12)
     sections = drawn[1][0]
     assert _section_extrema(sections) == [pytest.approx((e100, e110), rel=1e-12)] * 3
+
+
+def test_plot_voigt_names_the_file_it_cannot_use(tmp_path, capsys):
+    five = tmp_path / "five.txt"
+    five.write_text("\n".join(" ".join(["1"] * 5) for _ in range(5)))
+    asym = np.array(_cubic(*CU))
+    asym[0, 1] += 0.001
+    (tmp_path / "asym.json").write_text(json.dumps(asym.tolist()))
+    for f in (five, tmp_path / "asym.json"):
+        rc, out, err = _run(["plot", "voigt", str(f), "--out", str(tmp_path / "p")], capsys)
+        assert rc == 2 and out == "" and err.startswith(f"error: {f}: "), err
+    assert "6 rows of 6" in _run(["plot", "voigt", str(five)], capsys)[2]
 
 
 def test_plot_structure_draws_the_prediction(tmp_path, drawn, capsys):

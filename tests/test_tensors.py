@@ -434,6 +434,17 @@ def test_missing_index_symmetries_raise(rng):
         T.rotate(c3, np.eye(3))
 
 
+def test_complex_values_raise_instead_of_losing_their_imaginary_part():
+    import warnings
+
+    v = T.isotropic_voigt(100.0, 50.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's ComplexWarning would be the only sign
+        for arg in (v + 1j, v.astype(complex), (v + 0j).tolist()):
+            with pytest.raises(ValueError, match="real numbers, got complex values"):
+                T.derived_properties(arg)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_raise(rng, bad):
     v = random_voigt(rng, (3,))

@@ -4,11 +4,12 @@ predicted tensor, and parity plots of an evaluation."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .errors import CLIError
 from .evaluate import run_evaluation
 from .options import SPLIT_CHOICES
-from .tensor import read_voigt_file
+from .tensor import check_voigt, read_voigt_file
 
 
 def _parity(args: argparse.Namespace) -> int:
@@ -29,19 +30,32 @@ def _parity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tensor_of(src: str, args: argparse.Namespace):
-    """(Voigt matrix, title) of one input: read (``voigt``) or predicted (``structure``)."""
-    if src.lower().endswith((".txt", ".csv", ".json")) and args.kind == "voigt":
-        return read_voigt_file(src), src
+def _tensors_of(src: str, args: argparse.Namespace) -> list[tuple[object, str, str]]:
+    """(Voigt matrix, title, file-name suffix) of each tensor of one input: read (``voigt``;
+    ``file[i]`` for each of a file of several matrices) or predicted (``structure``)."""
     if args.kind == "voigt":
-        raise CLIError(f"{src}: plot voigt reads a 6x6 matrix (.txt, .csv or .json)")
+        if not src.lower().endswith((".txt", ".csv", ".json")):
+            raise CLIError(f"{src}: plot voigt reads a 6x6 matrix (.txt, .csv or .json)")
+        voigt = read_voigt_file(src)
+        batch = voigt.ndim == 3
+        out = []
+        for i, v in enumerate(voigt if batch else [voigt]):
+            name = f"{src}[{i}]" if batch else src
+            try:
+                v, note = check_voigt(v, symmetrize=args.symmetrize)
+            except CLIError as err:
+                raise CLIError(f"{name}: {err}") from None
+            if note:
+                print(f"note: {name}: {note}", file=sys.stderr)
+            out.append((v, name, f"_{i}" if batch else ""))
+        return out
     from e3elastic import inference, runtime
 
     runtime.enable_compilation_cache()
     [r] = inference.predict([src], model=args.model, symmetrize=args.symmetrize)
     if r["error"] is not None:
         raise CLIError(f"{src}: {r['error']}")
-    return r["voigt_GPa"], f"{r['formula']} ({src}, predicted)"
+    return [(r["voigt_GPa"], f"{r['formula']} ({src}, predicted)", "")]
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -52,15 +66,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if not args.inputs:
         raise CLIError(f"plot {args.kind} needs a structure file or a 6x6 Voigt file")
     for src in args.inputs:
-        voigt, title = _tensor_of(src, args)
         stem = src.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        prefix = f"{args.out}_{stem}" if len(args.inputs) > 1 else args.out
-        try:
-            paths = plots.plot_tensor(voigt, prefix, fmt=args.format, title=title)
-        except (ValueError, ImportError) as e:
-            raise CLIError(str(e)) from None
-        for p in paths:
-            print(p)
+        base = f"{args.out}_{stem}" if len(args.inputs) > 1 else args.out
+        for voigt, title, suffix in _tensors_of(src, args):
+            try:
+                paths = plots.plot_tensor(voigt, base + suffix, fmt=args.format, title=title)
+            except (ValueError, ImportError) as e:
+                raise CLIError(f"{src}: {e}") from None
+            for p in paths:
+                print(p)
     return 0
 
 
@@ -76,7 +90,12 @@ def add_parser(sub) -> None:
     pl.add_argument("--model", default=None, help="model name or folder")
     pl.add_argument("--data", default=None, help="data for 'parity'")
     pl.add_argument("--split", default="test", choices=SPLIT_CHOICES)
-    pl.add_argument("--symmetrize", action="store_true")
+    pl.add_argument(
+        "--symmetrize",
+        action="store_true",
+        help="structure: impose the point group exactly; voigt: use (C + C^T)/2 for a matrix "
+        "that is not symmetric",
+    )
     pl.add_argument("--out", default="e3elastic_plot", help="output file prefix")
     pl.add_argument("--format", default="png", choices=("png", "svg"))
     pl.set_defaults(func=_cmd_plot)
