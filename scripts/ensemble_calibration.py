@@ -51,7 +51,7 @@ def main() -> int:
         return 2
     parts, moduli_parts = {}, {}
     for split in ("val", "test"):
-        records, note = evaluation.load_records(model, args.data, split)
+        records, note, _ = evaluation.load_records(model, args.data, split)
         tensor_records = [r for r in records if r.has_tensor]  # coverage of tensor components
         parts[split] = evaluation.predict_records(model, tensor_records)
         kg_records = [r for r in records if not r.has_tensor]

@@ -366,7 +366,7 @@ def test_bad_entries_and_files_are_reported_and_the_rest_loads(tmp_path):
         "bad-nan": "non-finite tensor",
         "bad-shape": "bad tensor",
         "bad-asym": "asymmetric tensor",
-        "bad-keys": "malformed entry",
+        "bad-keys": "missing field",
     }
     assert "NaN" in next(d.reason for d in ds.dropped if d.id == "bad-nan")
     files = {f["file"]: f for f in ds.report["files"]}
@@ -374,6 +374,37 @@ def test_bad_entries_and_files_are_reported_and_the_rest_loads(tmp_path):
     for name in ("cut.json", "cut.json.gz"):
         assert name in files[name]["error"] and "JSON" in files[name]["error"]
     assert files["mine.json"]["error"] is None and files["mine.json"]["entries"] == 6
+
+
+def test_unit_mistakes_unknown_elements_and_missing_labels_are_named(tmp_path):
+    """A tensor in Pa or kbar of a stiff crystal, moduli in MPa, an unknown element symbol and
+    an entry without a label are each dropped with a reason that says what is wrong, even when
+    the bad entry comes first in the file; the level of theory is matched in any case."""
+    c = cubic_voigt()
+    salt = rock_salt()
+    entries = [
+        {"id": "no-label", "structure": sdict(salt), "voigt": c.tolist()},  # misnamed key
+        user_entry("pascal", salt, c * 1e9),
+        user_entry("kbar-diamond", salt, np.diag([10790.0] * 3 + [5780.0] * 3)),
+        {"id": "mpa", "structure": sdict(salt), "K_VRH_GPa": 24000.0, "G_VRH_GPa": 15000.0},
+        {"id": "xx", "cif": salt.to(fmt="cif").replace(" Na", " Xx"), "voigt_GPa": c.tolist()},
+        user_entry("lower-pbe", salt, c, theory="pbe"),
+        user_entry("lower-b3lyp", rutile(), tetragonal_voigt(), theory="b3lyp-d2"),
+    ]
+    ds = load(write_json(tmp_path / "mine.json", entries), tmp_path)
+    why = {d.id: d.reason for d in ds.dropped}
+    assert {d.id: d.kind for d in ds.dropped} == {
+        "no-label": "missing field",
+        "pascal": "implausible units",
+        "kbar-diamond": "implausible units",
+        "mpa": "implausible units",
+        "xx": "unknown element",
+    }
+    assert "'voigt_GPa'" in why["no-label"] and "voigt" in why["no-label"].split("keys:")[1]
+    largest = float(np.abs(c).max() * 1e9)
+    assert "kbar" in why["pascal"] and f"{largest:.4g}" in why["pascal"]
+    assert "'Xx'" in why["xx"]
+    assert {r.id: r.theory for r in ds.records} == {"lower-pbe": "PBE", "lower-b3lyp": "B3LYP-D2"}
 
 
 def test_missing_or_empty_folder_is_a_data_error(tmp_path, capsys):

@@ -401,6 +401,23 @@ def test_empty_training_split_names_the_filter_that_emptied_it(tmp_path, monkeyp
     assert "6 dropped as 'too many sites'" in msg and "data.max_sites" in msg, msg
 
 
+def test_training_on_moduli_alone_says_full_tensors_are_needed(tmp_path, monkeypatch):
+    monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path / "cache"))
+    rows = json.loads(_user_file(tmp_path / "rocksalt.json").read_text())[:6]
+    f = tmp_path / "kg.json"
+    kg = [
+        {k: v for k, v in r.items() if k != "voigt_GPa"} | {"K_VRH_GPa": 24.0, "G_VRH_GPa": 15.0}
+        for r in rows
+    ]
+    f.write_text(json.dumps(kg))
+    config = cfg.tiny().override([f"data.data={json.dumps(str(f))}", "train.moduli_weight=1"])
+    with pytest.raises(train.TrainingError) as err:
+        train.prepare_data(config)
+    msg = str(err.value)
+    assert "no crystal with a full tensor" in msg and "K and G alone" in msg, msg
+    assert "training split is empty" not in msg, msg
+
+
 def test_a_live_lock_refuses_a_second_trainer(small_dataset, tmp_path, capsys):
     w = tmp_path / "run"
     w.mkdir()
@@ -698,6 +715,19 @@ def test_init_from_starts_at_the_bundle_and_checks_its_architecture(small_datase
     tuned = config.override([f"train.init_from={tmp_path / 'first/best'}"])
     train.train_and_evaluate(tuned, tmp_path / "tuned", prepared=other_data, progress=False)
     assert _stats(tmp_path / "tuned" / "best") == _stats(tmp_path / "first" / "best")
+    # and its training set (for the domain warnings) holds the bundle's crystals too
+    info = {
+        n: json.loads((tmp_path / n / "best" / "info.json").read_text()) for n in ("first", "tuned")
+    }
+    base, tuned_set = info["first"]["training_set"], info["tuned"]["training_set"]
+    own = train.training_set_counts(other_data.records["train"])
+    assert tuned_set["fine_tuned_from"] == str(tmp_path / "first/best")
+    assert tuned_set["n_crystals"] == base["n_crystals"] + own["n_crystals"]
+    for el in set(base["elements"]) | set(own["elements"]):
+        assert tuned_set["elements"][el] == base["elements"].get(el, 0) + own["elements"].get(el, 0)
+    assert tuned_set["volume_per_atom_A3"]["max"] == max(
+        base["volume_per_atom_A3"]["max"], own["volume_per_atom_A3"]["max"]
+    )
 
     wider = config.override(
         ["model.radial_hidden=[9]", f"train.init_from={tmp_path / 'first/best'}"]

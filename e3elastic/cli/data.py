@@ -31,9 +31,17 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        print(json.dumps(ds.report, indent=2))
+        report = ds.report
+        if args.dropped:
+            report = report | {"dropped_entries": [d._asdict() for d in ds.dropped]}
+        print(json.dumps(report, indent=2))
     else:
         print(data.format_report(ds.report))
+        if args.dropped:
+            print("")
+            print("\n".join(data.describe_dropped(ds.dropped, limit=len(ds.dropped))))
+        elif ds.dropped:
+            print("\n".join(data.describe_dropped(ds.dropped)))
     if args.save_split:
         ds.save_split(args.save_split)
     return 0
@@ -62,6 +70,11 @@ def _add_summary_parser(dsub) -> None:
         help="data folder or file (default: $E3ELASTIC_DATA, else ../shared/data)",
     )
     ds.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ds.add_argument(
+        "--dropped",
+        action="store_true",
+        help="name every dropped entry (id, source, reason); with --json as 'dropped_entries'",
+    )
     ds.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     ds.add_argument(
         "--cache-dir",

@@ -133,6 +133,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"skipped {len(skipped)} K/G-only crystal(s) whose graph failed", file=sys.stderr)
     if res["skipped"]:
         print(f"skipped {len(res['skipped'])} crystal(s) whose graph failed", file=sys.stderr)
+    from e3elastic.data import Dropped, describe_dropped
+
+    for line in describe_dropped([Dropped(**d) for d in res.get("dropped", [])]):
+        print(line, file=sys.stderr)
     if args.out:
         print(f"per-crystal predictions written to {args.out}", file=sys.stderr)
     return 0

@@ -44,11 +44,19 @@ A JSON list (the file may be gzipped) of objects::
         "structure": {...},              # pymatgen Structure.as_dict() ...
         "cif": "data_Si ...",            # ... or a CIF string (one of the two)
         "voigt_GPa": [[...], ...],       # 6x6 Voigt stiffness in GPa, order 11 22 33 23 13 12
-        "theory": "PBE",                 # optional, default "PBE"
+        "K_VRH_GPa": 97.8, "G_VRH_GPa": 66.5,  # ... or (no voigt_GPa) the Hill moduli alone
+        "theory": "PBE",                 # optional, default "PBE" (any case: "pbe")
         "source": "my-lab",              # optional, default "user"
         "precision_GPa": 0.01            # optional: rounding step of the values, GPa
       }
     ]
+
+An entry that cannot be used is dropped with a reason (:data:`REASONS`), and the others are
+kept: ``e3elastic data summary --dropped`` names each one, and ``train`` and ``evaluate`` name
+them too when there are at most ten. Values must be in GPa: a tensor entry over 3,000 GPa or a
+K or G over 1,500 GPa (diamond's largest are 1,079 and 535) is taken for a unit mistake (kbar,
+MPa or Pa) and dropped as ``implausible units``. Training needs crystals with a full tensor;
+K/G-only ones add a loss on the moduli beside them.
 
 ``e3elastic data fetch-mp --out FILE`` writes this format from the Materials Project.
 
@@ -80,7 +88,7 @@ from .frames import SYMPREC, conventional_rotation, ieee_rotation, rotate_struct
 from .mp import fetch_mp, fetch_mp_structure
 from .readers import FileResult, mp_doc_to_record, read_file
 from .records import REASONS, DataError, Dropped, Record, write_records
-from .report import format_report
+from .report import describe_dropped, format_report
 
 __all__ = [
     "FORMAT_VERSION",
@@ -110,4 +118,5 @@ __all__ = [
     "fetch_mp",
     "fetch_mp_structure",
     "format_report",
+    "describe_dropped",
 ]

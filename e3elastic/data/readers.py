@@ -192,6 +192,11 @@ def _read_matcalc(obj: list, out: _Collector) -> None:
         out.add(mid, "matcalc2025", build)
 
 
+def _keys(entry: dict) -> str:
+    keys = sorted(map(str, entry))
+    return "keys: " + (", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none")
+
+
 def _read_user(obj: list, out: _Collector, stem: str) -> None:
     for n, e in enumerate(obj):
         e = e if isinstance(e, dict) else {}
@@ -199,8 +204,15 @@ def _read_user(obj: list, out: _Collector, stem: str) -> None:
         source = str(e.get("source") or "user")
 
         def build(e=e, rid=rid, source=source):
+            if e.get("structure") is None and e.get("cif") is None:
+                raise _EntryError(f"missing field: no 'structure' or 'cif' ({_keys(e)})")
             structure = e["structure"] if e.get("structure") is not None else e["cif"]
-            if e.get("voigt_GPa") is None and "K_VRH_GPa" in e:
+            if e.get("voigt_GPa") is None and e.get("K_VRH_GPa") is None:
+                raise _EntryError(
+                    "missing field: needs 'voigt_GPa' (6x6, GPa) or 'K_VRH_GPa' and "
+                    f"'G_VRH_GPa' ({_keys(e)})"
+                )
+            if e.get("voigt_GPa") is None:
                 return _make_record(
                     rid,
                     source,
@@ -254,10 +266,12 @@ def _detect_format(obj: Any) -> str:
             return "elatbot"
         if "material_id" in first and {"K_VRH_GPa", "G_VRH_GPa"} <= first.keys():
             return "matcalc"
-        if "voigt_GPa" in first or "K_VRH_GPa" in first:
+        if any("voigt_GPa" in e or "K_VRH_GPa" in e for e in obj[:5]):
             return "user"
         if "structure" in first and ({"elastic_tensor_voigt", "elastic_tensor"} & first.keys()):
             return "matten"
+        if any("structure" in e or "cif" in e for e in obj[:5]):
+            return "user"  # labels missing or misnamed: each entry is dropped with a reason
     if isinstance(obj, list) and not obj:
         return "user"
     return "unknown"
@@ -307,10 +321,16 @@ def read_file(path: str | os.PathLike) -> FileResult:
         elif fmt == "user":
             _read_user(obj, out, path.name.split(".")[0])
         else:
+            found = (
+                f"; its first entry has {_keys(obj[0])}"
+                if isinstance(obj, list) and obj and isinstance(obj[0], dict)
+                else ""
+            )
             raise DataError(
                 f"{path}: unknown data format (expected matminer, StrainNet, MatTen, zeolite, "
-                "ElaTBot, matcalc K/G or the e3elastic user format; see e3elastic.data's "
-                "docstring)"
+                "ElaTBot, matcalc K/G or the e3elastic user format: a list of entries with "
+                "'structure' or 'cif' and 'voigt_GPa' or 'K_VRH_GPa' and 'G_VRH_GPa'; see "
+                f"e3elastic.data's docstring){found}"
             )
     except DataError:
         raise

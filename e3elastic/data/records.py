@@ -29,6 +29,12 @@ __all__ = ["REASONS", "DataError", "Record", "Dropped", "write_records"]
 # Relative asymmetry |C_IJ - C_JI| / max|C| above which a 6x6 matrix is rejected; below it
 # the matrix is symmetrised (files are often rounded).
 _ASYM_RTOL = 1e-3
+# Largest plausible |C_IJ| and K_VRH or G_VRH (GPa). Diamond, the stiffest known crystal, has
+# C11 = 1079 GPa, K = 442 and G = 535; the data folder's largest entry is 1380 GPa. A value
+# above these is taken for a unit mistake (kbar, Pa, MPa), not a stiff crystal.
+_MAX_ENTRY_GPA = 3000.0
+_MAX_MODULUS_GPA = 1500.0
+_UNIT_HINT = "is it in GPa? kbar (VASP's unit) is 0.1 GPa, MPa 0.001 GPa, Pa 1e-9 GPa"
 
 #: Reasons an entry is dropped (the text before ":" in :attr:`Dropped.reason`).
 REASONS = (
@@ -37,6 +43,9 @@ REASONS = (
     "bad tensor",
     "non-finite tensor",
     "bad moduli",
+    "implausible units",
+    "unknown element",
+    "missing field",
     "non-finite moduli",
     "asymmetric tensor",
     "partial occupancy",
@@ -226,8 +235,32 @@ def _plain_structure(obj: Any):
         raise TypeError(f"expected a structure dict or a CIF string, got {type(obj).__name__}")
     if len(s) == 0:
         raise ValueError("no sites")
+    unknown = sorted(
+        {getattr(sp, "symbol", str(sp)) for sp in s.composition if not _is_element(sp)}
+    )
+    if unknown:
+        raise _EntryError(
+            f"unknown element: {', '.join(repr(u) for u in unknown)} is not an element symbol"
+        )
     species = [site.specie if site.is_ordered else site.species for site in s]
     return Structure(s.lattice, species, s.frac_coords)
+
+
+def _is_element(species: Any) -> bool:
+    """True for a real element (or an ion of one), False for a pymatgen dummy species such as
+    the one an unknown symbol (``Xx``) in a CIF becomes."""
+    from pymatgen.core.periodic_table import DummySpecies
+
+    return not isinstance(species, DummySpecies) and 1 <= getattr(species, "Z", 0) <= 118
+
+
+def _theory(name: Any) -> str:
+    """A level of theory as given, or, when it names a known one in any case (``pbe``), that
+    name as :data:`e3elastic.config.THEORIES` spells it."""
+    from e3elastic.config import THEORIES
+
+    text = str(name).strip()
+    return next((t for t in THEORIES if t == text.upper()), text)
 
 
 def _voigt(obj: Any) -> np.ndarray:
@@ -253,6 +286,11 @@ def _voigt(obj: Any) -> np.ndarray:
     scale = float(np.max(np.abs(a)))
     if scale == 0.0:
         raise _EntryError("bad tensor: all entries are zero")
+    if scale > _MAX_ENTRY_GPA:
+        raise _EntryError(
+            f"implausible units: largest entry {scale:.4g}, over {_MAX_ENTRY_GPA:g} GPa "
+            f"(diamond's C11 is 1079 GPa); {_UNIT_HINT}"
+        )
     asym = float(np.max(np.abs(a - a.T)))
     if asym > _ASYM_RTOL * scale:
         raise _EntryError(f"asymmetric tensor: max |C_IJ - C_JI| = {asym:.3g} GPa")
@@ -270,6 +308,11 @@ def _moduli(k: Any, g: Any) -> tuple[float, float]:
         raise _EntryError("non-finite moduli: K_VRH or G_VRH is NaN or infinite")
     if min(kg) <= 0:
         raise _EntryError(f"bad moduli: K_VRH {kg[0]:g} and G_VRH {kg[1]:g} GPa must be > 0")
+    if max(kg) > _MAX_MODULUS_GPA:
+        raise _EntryError(
+            f"implausible units: K_VRH {kg[0]:.4g}, G_VRH {kg[1]:.4g}, over "
+            f"{_MAX_MODULUS_GPA:g} GPa (diamond's are 442 and 535); {_UNIT_HINT}"
+        )
     return kg
 
 
@@ -288,6 +331,8 @@ def _make_record(
     ``(K_VRH, G_VRH)``; raises :class:`_EntryError` with a reason for a bad entry."""
     try:
         s = _plain_structure(structure)
+    except _EntryError:
+        raise
     except Exception as err:  # pymatgen raises many kinds on bad input
         raise _EntryError(
             f"unparseable structure: {short_error(err, 120, with_type=False)}"
@@ -301,7 +346,7 @@ def _make_record(
         source=source,
         formula=s.composition.reduced_formula,
         structure=s,
-        theory=str(theory),
+        theory=_theory(theory),
         crystal_system=str(crystal_system or "").lower(),
         precision_gpa=float(precision),
         **label,

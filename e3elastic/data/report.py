@@ -6,9 +6,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from .records import Record
+from .records import Dropped, Record
 
-__all__ = ["build_report", "format_report"]
+__all__ = ["build_report", "describe_dropped", "format_report"]
 
 
 def build_report(
@@ -113,3 +113,16 @@ def format_report(report: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def describe_dropped(dropped: Sequence[Dropped], limit: int = 10) -> list[str]:
+    """Lines naming the entries dropped on reading: one per entry (id, source, reason) when
+    there are at most ``limit``, else a count per reason and where to find each one."""
+    if len(dropped) <= limit:
+        return [f"dropped {d.id} ({d.source}): {d.reason}" for d in dropped]
+    counts = Counter(d.kind for d in dropped).most_common()
+    return [
+        f"dropped {len(dropped)} entries on reading: "
+        + ", ".join(f"{kind} {n}" for kind, n in counts)
+        + " (`e3elastic data summary --dropped` names each)"
+    ]

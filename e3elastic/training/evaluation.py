@@ -69,10 +69,11 @@ logger = logging.getLogger(__name__)
 MAE_DEFINITION = "MAE Voigt: mean |C_pred - C| over the 36 entries of the 6x6 Voigt matrix (GPa)"
 
 
-def load_records(model: Model, data=None, split: str = "test") -> tuple[list[Any], str]:
+def load_records(model: Model, data=None, split: str = "test") -> tuple[list[Any], str, list]:
     """The records of ``data`` (default: the model's training data folder) to evaluate on:
     those of the model's own ``split`` part, or all of them (``split="all"``, or a dataset that
-    shares no crystal with that part)."""
+    shares no crystal with that part); a note saying which; and the entries of ``data`` that
+    were dropped on reading (:class:`e3elastic.data.Dropped`)."""
     dc = model.config.data
     dataset = data_mod.load_dataset(
         data if data is not None else dc.data,
@@ -93,8 +94,11 @@ def load_records(model: Model, data=None, split: str = "test") -> tuple[list[Any
         if not chosen:
             chosen, note = records, f"all crystals (none is in the model's {split} split)"
     if not chosen:
-        raise EvaluationError("the dataset holds no usable crystal")
-    return chosen, note
+        raise EvaluationError(
+            "the dataset holds no usable crystal"
+            + "".join(f"\n  {line}" for line in data_mod.describe_dropped(dataset.dropped))
+        )
+    return chosen, note, list(dataset.dropped)
 
 
 def predict_records(model: Model, records, batch_size: int = 8) -> Evaluated:
@@ -175,7 +179,7 @@ def evaluate(
             model = load_model(model)
         except PredictError as e:
             raise EvaluationError(str(e)) from None
-    records, note = load_records(model, data, split)
+    records, note, dropped = load_records(model, data, split)
     moduli_records = [r for r in records if not r.has_tensor]
     records = [r for r in records if r.has_tensor]
     if not records and not moduli_records:
@@ -188,6 +192,7 @@ def evaluate(
         "mae_definition": MAE_DEFINITION,
         "metrics": {"n": 0},
         "skipped": [],
+        "dropped": [d._asdict() for d in dropped],
         "crystals": [],
         "arrays": {"ids": [], "pred_voigt": np.zeros((0, 6, 6)), "true_voigt": np.zeros((0, 6, 6))},
     }

@@ -38,6 +38,7 @@ __all__ = [
     "prepare_data",
     "theory_indices",
     "training_set_counts",
+    "merged_training_sets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,14 @@ def _empty_split_message(dataset, dropped: list[tuple[str, str]], config: Config
         parts.append(f"{len(dropped)} left out by the model (first {first_id}: {reason})")
     sizes = ", ".join(f"{p} {len(dataset.split[p])}" for p in ("train", "val", "test"))
     parts.append(f"{len(dataset.records)} crystals left ({sizes})")
+    train_ids = set(dataset.split["train"])
+    moduli_only = sum(1 for r in dataset.records if r.id in train_ids and not r.has_tensor)
+    if moduli_only:
+        return (
+            f"the training split has no crystal with a full tensor, only {moduli_only} with K "
+            "and G alone: training needs full tensors (K/G-only crystals add a loss on the "
+            "moduli beside them); " + "; ".join(parts)
+        )
     return "the training split is empty: " + "; ".join(parts)
 
 
@@ -367,3 +376,27 @@ def training_set_counts(records) -> dict[str, Any]:
             "max": float(v.max()),
         },
     }
+
+
+def merged_training_sets(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The training set of a model fine-tuned from a bundle trained on ``base``: the crystals
+    of both (per element and level of theory) and the wider of the two volume ranges (the
+    median stays the larger set's). The prediction warnings then speak of every crystal the
+    weights have seen, not only the fine-tuning ones."""
+    out = dict(new)
+    for key in ("elements", "theory"):
+        counts = Counter(base.get(key) or {})
+        counts.update(new.get(key) or {})
+        out[key] = dict(sorted(counts.items()))
+    out["n_crystals"] = int(base.get("n_crystals", 0)) + int(new.get("n_crystals", 0))
+    a, b = base.get("volume_per_atom_A3") or {}, new.get("volume_per_atom_A3") or {}
+    if a and b:
+        larger = a if base.get("n_crystals", 0) >= new.get("n_crystals", 0) else b
+        out["volume_per_atom_A3"] = {
+            "min": min(a["min"], b["min"]),
+            "p01": min(a["p01"], b["p01"]),
+            "median": larger["median"],
+            "p99": max(a["p99"], b["p99"]),
+            "max": max(a["max"], b["max"]),
+        }
+    return out

@@ -55,6 +55,7 @@ import numpy as np
 
 from .. import graph as graph_mod
 from ..config import Config, theory_index
+from ..data import describe_dropped
 from .epochs import Run, np_dtype, run_epoch, upload_steps
 from .evaluation import (
     baselines,
@@ -76,6 +77,7 @@ from .prepare import (
     TrainingError,
     graphs_for_records,
     learns_moduli,
+    merged_training_sets,
     messages_to,
     prepare_data,
     theory_indices,
@@ -215,6 +217,14 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[Run, TrainState]:
     prep = prepared if prepared is not None else prepare_data(config)
     sizes = ", ".join(f"{p} {len(prep.graphs[p])}" for p in ("train", "val", "test"))
     logger.info(f"data: {sizes} crystals; buckets {list(map(tuple, prep.buckets))}")
+    for line in describe_dropped(prep.dataset.dropped):
+        logger.info(line)
+    if not len(prep.graphs["val"]):
+        logger.warning(
+            "warning: no validation crystals (too few for a split), so every epoch counts as "
+            "the best, early stopping is off and the last epoch is exported; score the model "
+            "on crystals of your own with `e3elastic evaluate --data`"
+        )
     stats = irrep_stats(np.asarray(prep.irreps["train"])[prep.tensor_mask("train")])
     start = _start_bundle(config, tc.init_from) if tc.init_from else None
     if start is not None:
@@ -264,10 +274,20 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[Run, TrainState]:
         predict_step=make_steps(net, tx)[1],
         ckpts=TrainCheckpoints(workdir, max_to_keep=tc.max_to_keep),
         split_ids={p: [r.id for r in prep.records[p]] for p in ("train", "val", "test")},
-        training_set=training_set_counts(prep.records["train"]),
+        training_set=_training_set(prep, start, tc.init_from),
         t_start=t_start,
     )
     return run, TrainState.create(params, tx)
+
+
+def _training_set(prep, start, init_from: str) -> dict[str, Any]:
+    """What the bundle will say it was trained on: this run's training crystals, and for a
+    fine-tuning run also those of the bundle it started from."""
+    counts = training_set_counts(prep.records["train"])
+    base = (start[2] or {}).get("training_set") if start is not None else None
+    if not base:
+        return counts
+    return merged_training_sets(base, counts) | {"fine_tuned_from": str(init_from)}
 
 
 def _oversampled(prep, tc, targets=None) -> tuple[list, np.ndarray, np.ndarray]:
@@ -281,9 +301,10 @@ def _oversampled(prep, tc, targets=None) -> tuple[list, np.ndarray, np.ndarray]:
         return graphs, irreps, theory
     keep = np.flatnonzero(theory == theory_index(tc.oversample_theory))
     extra = np.tile(keep, tc.oversample - 1)
-    logger.info(
-        f"oversampling: {len(keep)} {tc.oversample_theory} training crystals x{tc.oversample}"
-    )
+    if len(keep):
+        logger.info(
+            f"oversampling: {len(keep)} {tc.oversample_theory} training crystals x{tc.oversample}"
+        )
     return (
         list(graphs) + [graphs[i] for i in extra],
         np.concatenate([irreps, irreps[extra]]),
@@ -291,13 +312,13 @@ def _oversampled(prep, tc, targets=None) -> tuple[list, np.ndarray, np.ndarray]:
     )
 
 
-def _start_bundle(config: Config, name: str) -> tuple[Any, dict]:
-    """``(params, stats)`` of the bundle ``name`` for a fine-tuning run of ``config``;
+def _start_bundle(config: Config, name: str) -> tuple[Any, dict, dict]:
+    """``(params, stats, info)`` of the bundle ``name`` for a fine-tuning run of ``config``;
     :class:`TrainingError` when it cannot be read or is another architecture."""
     from ..inference.bundle import CheckpointError, load_bundle, model_folder
 
     try:
-        b_config, b_params, b_stats, _ = load_bundle(model_folder(name))
+        b_config, b_params, b_stats, b_info = load_bundle(model_folder(name))
     except CheckpointError as e:
         raise TrainingError(f"train.init_from: {e}") from None
     if b_config.model != config.model:
@@ -305,7 +326,7 @@ def _start_bundle(config: Config, name: str) -> tuple[Any, dict]:
             f"train.init_from: {name} is a different architecture than this run's model"
         )
     logger.info(f"starting from the parameters and normalisation of {name}")
-    return b_params, b_stats
+    return b_params, b_stats, b_info
 
 
 def _start_params(name: str, params, b_params) -> Any:
