@@ -835,6 +835,31 @@ def test_inputs_a_new_user_gets_wrong(tiny_model, tmp_path):
     assert all(f"`{suffix}`" in readme for suffix in STRUCTURE_SUFFIXES)  # the list users read
 
 
+def test_a_folder_keeps_structure_json_and_skips_other_json(tiny_model, tmp_path):
+    """A folder predicted twice with --out inside it does not read its own output (nor a data
+    file) as a structure; a structure saved as pymatgen JSON is still read; a mistyped single
+    path gives one Prediction with its error, not a list."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nacl = _rocksalt("Na", "Cl", 5.64)
+    (folder / "nacl.json").write_text(nacl.to_json())
+    (folder / "data.json").write_text(json.dumps([{"id": "x", "voigt_GPa": [[1.0] * 6] * 6}]))
+    paths = inference.expand_paths([folder])
+    assert [Path(p).name for p in paths] == ["nacl.json"]
+    r = inference.predict(str(tmp_path / "nacl_typo.cif"), model=tiny_model)
+    assert isinstance(r, inference.Prediction) and "no such file" in r.error
+    from e3elastic.cli import main as cli_main
+
+    out = folder / "pred.json"
+    for _ in range(2):
+        argv = ["predict", str(folder), "--model", str(tiny_model.path), "--out", str(out)]
+        rc = cli_main(argv)
+        assert rc == 0
+        rows = json.loads(out.read_text())
+        rows = rows["predictions"] if isinstance(rows, dict) else rows
+        assert [Path(row["id"]).name for row in rows] == ["nacl.json"]
+
+
 def test_short_error_of_an_exception_without_a_message():
     from e3elastic.errors import short_error
 

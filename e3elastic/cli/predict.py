@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from e3elastic.config import THEORIES
 
@@ -135,6 +136,9 @@ def _inputs(args: argparse.Namespace) -> list:
     from e3elastic import inference
 
     inputs: list = inference.expand_paths(args.paths)
+    if args.out:  # a folder that holds this command's own earlier output
+        out = Path(args.out).resolve()
+        inputs = [p for p in inputs if Path(p).resolve() != out or p in args.paths]
     if args.mp_id:
         from e3elastic import data
 

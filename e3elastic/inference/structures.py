@@ -55,11 +55,27 @@ def _is_structure_file(f: Path) -> bool:
     """A file a folder contributes: a known suffix, or VASP's POSCAR/CONTCAR anywhere in its
     name (``NaCl_POSCAR``, ``POSCAR.relaxed``), as pymatgen recognises them."""
     name = f.name.upper()
+    if f.suffix.lower() == ".json":
+        return _holds_structure(f)
     return f.suffix.lower() in STRUCTURE_SUFFIXES or "POSCAR" in name or "CONTCAR" in name
 
 
+def _holds_structure(f: Path) -> bool:
+    """True for a JSON file of one pymatgen Structure (``lattice`` and ``sites``), False for
+    other JSON a folder may hold: prediction output, a data file."""
+    import json
+
+    try:
+        with open(f, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError):
+        return True  # unreadable: kept, so that it is reported as a failed input
+    return isinstance(obj, dict) and "lattice" in obj and "sites" in obj
+
+
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
-    """Files from paths, directories (their structure files, sorted) and glob patterns.
+    """Files from paths, directories (their structure files, sorted; of the JSON files only
+    those that hold a structure) and glob patterns.
 
     A pattern or directory that matches nothing is returned as is, so it is reported as a
     failed input rather than silently dropped.
@@ -232,8 +248,8 @@ def input_items(structures: Any) -> tuple[list[Any], bool]:
         return [structures], True
     if isinstance(structures, str | os.PathLike):
         s = str(structures)
-        if Path(s).is_file():
-            return [s], True
+        if Path(s).is_file() or not (Path(s).is_dir() or any(c in s for c in "*?[")):
+            return [s], True  # a file, or a path that names none: one result (its error)
         return list(expand_paths([s])), False
     items: list[Any] = []
     for item in structures:
