@@ -9,7 +9,7 @@ Prints the devices JAX sees, then times, on the default device:
 
 and the peak memory (the device's own counter where it has one, else the process's resident
 set). Needs no data folder. On a GPU or TPU, a line naming the CPU as the device means the
-accelerator build of jaxlib is missing (see the README, "On a GPU or TPU").
+accelerator build of jaxlib is missing (see docs/gpu.md, "On a GPU or TPU").
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def run(model: str = "default", out=sys.stdout) -> dict[str, Any]:
         print(f"  device {d.id}: {d.platform} {getattr(d, 'device_kind', '')}", file=out)
     if jax.default_backend() == "cpu":
         print(
-            "  (CPU only: for a GPU install the cuda extra, see README 'On a GPU or TPU')",
+            "  (CPU only: for a GPU install the cuda extra, see docs/gpu.md)",
             file=out,
         )
     tr = training_check()
