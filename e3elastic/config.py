@@ -337,7 +337,11 @@ class Config:
             if not sep or not dot or section not in ("model", "data", "train"):
                 raise ValueError(f"override {a!r} must look like model.n_layers=3")
             if name not in d[section]:
-                raise ValueError(f"unknown setting {section}.{name}")
+                import difflib
+
+                close = difflib.get_close_matches(name, list(d[section]), n=1)
+                hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+                raise ValueError(f"unknown setting {section}.{name}{hint}")
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError:

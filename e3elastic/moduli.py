@@ -102,8 +102,14 @@ def poisson_ratio(C) -> np.ndarray:
 
 def universal_anisotropy(C) -> np.ndarray:
     """Universal anisotropy index A^U = 5 G_V / G_R + K_V / K_R - 6 (0 when isotropic)."""
-    m = _voigt_reuss(*_voigt_and_compliance(C))
-    return 5.0 * m["gv"] / m["gr"] + m["kv"] / m["kr"] - 6.0
+    return _anisotropy(_voigt_reuss(*_voigt_and_compliance(C)))
+
+
+def _anisotropy(m: dict[str, np.ndarray]) -> np.ndarray:
+    """A^U from the Voigt and Reuss bounds; round-off below 1e-9 (an isotropic C gives
+    -2e-16) is set to 0, so that it never shows as -0.0000."""
+    a = 5.0 * m["gv"] / m["gr"] + m["kv"] / m["kr"] - 6.0
+    return np.where(np.abs(a) < 1e-9, 0.0, a)[()]  # a scalar for one tensor
 
 
 def born_stability(C, tol: float = 0.0) -> dict[str, np.ndarray]:
@@ -176,7 +182,7 @@ def derived_properties(C) -> dict[str, np.ndarray]:
         "G_VRH_GPa": g,
         "youngs_modulus_GPa": e,
         "poisson_ratio": nu,
-        "universal_anisotropy": 5.0 * m["gv"] / m["gr"] + m["kv"] / m["kr"] - 6.0,
+        "universal_anisotropy": _anisotropy(m),
         "min_eigenvalue_GPa": born["min_eigenvalue"],
         "born_stable": born["stable"],
     }

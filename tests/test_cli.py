@@ -626,3 +626,28 @@ def test_prediction_table_keeps_huge_entries_apart():
     rows = lines[start : start + 6]
     for i, row in enumerate(rows):
         assert np.allclose([float(x) for x in row.split()], voigt[i], atol=0.01)
+
+
+def test_evaluate_table_keeps_columns_apart_for_huge_errors(capsys):
+    """A wrong-unit reference gives errors of 1e11 GPa: every number still stands apart."""
+    from e3elastic.cli.evaluate import _print_metrics_table
+
+    row = {
+        "n": 3,
+        "mae_voigt_GPa": 3.1e11,
+        "rel_frobenius": 0.427,
+        "ewt_5": 0.0,
+        "ewt_10": 0.0,
+        "ewt_25": 0.0,
+        "mae_K_VRH_GPa": 6.7e10,
+        "mae_G_VRH_GPa": 5.1e10,
+    }
+    _print_metrics_table(row | {"by_crystal_system": {"cubic": row}}, "MAE Voigt")
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0].split(), [line.split() for line in lines[1:3]]
+    assert len(header) == 13  # "MAE Voigt", "rel Frob", "MAE K", "MAE G" are two words each
+    for cells, name in zip(rows, ("all", "cubic"), strict=True):
+        assert cells[0] == name and len(cells) == 9
+        assert float(cells[2]) == pytest.approx(3.1e11) and float(cells[-1]) == pytest.approx(
+            5.1e10
+        )

@@ -269,6 +269,9 @@ def test_isotropic_moduli():
     assert p["youngs_modulus_GPa"] == pytest.approx(E, rel=1e-12)
     assert p["poisson_ratio"] == pytest.approx(E / (2 * 80) - 1, rel=1e-12)
     assert abs(p["universal_anisotropy"]) < 1e-12
+    assert f"{p['universal_anisotropy']:.4f}" == "0.0000"  # never -0.0000 from round-off
+    batch = T.universal_anisotropy(np.stack([v, T.isotropic_voigt(bulk=37.0, shear=11.0)]))
+    assert not np.any(np.signbit(batch))
     n = np.random.default_rng(0).normal(size=(7, 3))
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
     np.testing.assert_allclose(T.directional_youngs_modulus(v, n), E, rtol=1e-12)

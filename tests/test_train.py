@@ -334,6 +334,18 @@ def test_override_refuses_values_of_the_wrong_type(assignment, expected, shown):
     assert str(err.value) == f"{key} expects {expected}, got {shown}"
 
 
+def test_override_names_the_setting_a_typo_meant():
+    with pytest.raises(
+        ValueError,
+        match=r"unknown setting train\.learning_rat \(did you mean "
+        r"train\.learning_rate\?\)",
+    ):
+        cfg.tiny().override(["train.learning_rat=1e-3"])
+    with pytest.raises(ValueError) as err:
+        cfg.tiny().override(["train.zzzz=1"])
+    assert str(err.value) == "unknown setting train.zzzz"
+
+
 def test_override_accepts_values_of_the_right_type():
     config = cfg.tiny().override(
         [
@@ -416,6 +428,21 @@ def test_training_on_moduli_alone_says_full_tensors_are_needed(tmp_path, monkeyp
     msg = str(err.value)
     assert "no crystal with a full tensor" in msg and "K and G alone" in msg, msg
     assert "training split is empty" not in msg, msg
+
+
+def test_a_new_run_in_a_used_workdir_leaves_that_run_intact(small_dataset, tmp_path):
+    """Forgetting --resume is refused before the data is read and before config.json is
+    rewritten, so the run in the folder still resumes with its own settings."""
+    config = _config(epochs=1)
+    prep = train.prepare_data(config, dataset=small_dataset)
+    w = tmp_path / "run"
+    train.train_and_evaluate(config, w, prepared=prep, progress=False)
+    before = (w / "config.json").read_bytes()
+    other = config.override(["train.epochs=3", f"data.data={json.dumps(str(tmp_path / 'no'))}"])
+    with pytest.raises(train.TrainingError, match="already holds checkpoints") as err:
+        train.train_and_evaluate(other, w, progress=False)  # no data folder: not read first
+    assert "--resume" in str(err.value)
+    assert (w / "config.json").read_bytes() == before
 
 
 def test_a_live_lock_refuses_a_second_trainer(small_dataset, tmp_path, capsys):

@@ -31,11 +31,16 @@ def _print_metrics_table(m: dict, mae_definition: str) -> None:
     for name, r in rows:
         if not r.get("n"):
             continue
-        print(
-            f"{name:<14}{r['n']:>6}{r['mae_voigt_GPa']:>11.2f}{r['rel_frobenius']:>10.3f}"
-            f"{r['ewt_5']:>7.2f}{r['ewt_10']:>7.2f}{r['ewt_25']:>7.2f}"
-            f"{r['mae_K_VRH_GPa']:>8.2f}{r['mae_G_VRH_GPa']:>8.2f}"
-        )
+        # each cell after the first keeps a space before it, however wide its number
+        cells = [
+            f"{r['n']:>5}",
+            f"{r['mae_voigt_GPa']:>10.2f}",
+            f"{r['rel_frobenius']:>9.3f}",
+            *(f"{r[k]:>6.2f}" for k in ("ewt_5", "ewt_10", "ewt_25")),
+            f"{r['mae_K_VRH_GPa']:>7.2f}",
+            f"{r['mae_G_VRH_GPa']:>7.2f}",
+        ]
+        print(f"{name:<14}" + "".join(" " + c for c in cells))
     print(
         f"({mae_definition}; rel Frob = mean ||C_pred - C|| / ||C||; EwT = share of crystals "
         "with rel Frob under 5/10/25 %; MAE K/G of the Hill averages, GPa)"

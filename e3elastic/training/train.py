@@ -181,6 +181,12 @@ def train_and_evaluate(
 
 def _train(config: Config, workdir: Path, resume: bool, prepared, progress) -> dict[str, Any]:
     _set_precision(config)
+    held = sorted(int(p.name) for p in (workdir / "ckpt").glob("[0-9]*")) if not resume else []
+    if held:  # before config.json is written or the data loaded: the run there stays intact
+        raise TrainingError(
+            f"{workdir} already holds checkpoints (steps {held}); pass --resume to continue "
+            "that run, or use a new --workdir"
+        )
     write_config(config, workdir, resume)
     run, state = _setup(config, workdir, prepared)
     state = _restore_or_start(run, state, resume)
