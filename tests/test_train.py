@@ -445,6 +445,20 @@ def test_a_new_run_in_a_used_workdir_leaves_that_run_intact(small_dataset, tmp_p
     assert (w / "config.json").read_bytes() == before
 
 
+def test_a_run_without_validation_crystals_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("E3ELASTIC_CACHE", str(tmp_path / "cache"))
+    full = data.load_dataset(_user_file(tmp_path / "all.json"), subset="all", use_cache=False)
+    train_ids = set(full.split["train"])
+    rows = [r for r in json.loads((tmp_path / "all.json").read_text()) if r["id"] in train_ids]
+    f = tmp_path / "train_only.json"
+    f.write_text(json.dumps(rows[:4]))
+    config = _config(epochs=1).override([f"data.data={json.dumps(str(f))}"])
+    msgs: list[str] = []
+    with messages_to(msgs.append):
+        train.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert any("no validation crystals" in m and "every epoch counts" in m for m in msgs), msgs
+
+
 def test_a_live_lock_refuses_a_second_trainer(small_dataset, tmp_path, capsys):
     w = tmp_path / "run"
     w.mkdir()
