@@ -510,6 +510,100 @@ def test_plot_parity_draws_an_evaluation(tmp_path, drawn, capsys):
     assert "needs --model" in capsys.readouterr().err
 
 
+def _co2_in_a_box(path: Path) -> Path:
+    """A CO2 molecule in a 15 A box: predicted, with a ``vacuum`` warning."""
+    from pymatgen.core import Molecule
+
+    co2 = Molecule(["C", "O", "O"], [[0, 0, 0], [0, 0, 1.16], [0, 0, -1.16]])
+    co2.get_boxed_structure(15, 15, 15).to(filename=str(path))
+    return path
+
+
+def test_plot_structure_flags_the_prediction_warnings(tmp_path, drawn, capsys):
+    cif = _co2_in_a_box(tmp_path / "co2.cif")
+    argv = ["plot", "structure", str(cif), "--model", "default", "--out", str(tmp_path / "p")]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0
+    assert [Path(p).name for p in out.split()] == [f"p_{k}.png" for k in KINDS]
+    assert len(drawn) == 3
+    assert f"WARNING {cif}: vacuum: " in err, err
+    # no saved figure shows the number unflagged: every title names the warning's code
+    for fig, _, _ in drawn:
+        title = fig._suptitle.get_text()
+        assert "CO2" in title and "WARNING: vacuum" in title, title
+
+
+def test_plot_structure_takes_folders_and_globs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    d = tmp_path / "cifs"
+    d.mkdir()
+    for name in ("silicon", "nacl"):
+        (d / f"{name}.cif").write_bytes((ROOT / "examples" / f"{name}.cif").read_bytes())
+    want = [f"{n}_{k}.png" for n in ("nacl", "silicon") for k in KINDS]
+    for src in (d, d / "*.cif"):
+        rc, out, err = _run(["plot", "structure", str(src), "--out", str(tmp_path / "p")], capsys)
+        assert rc == 0, err
+        assert [Path(p).name for p in out.split()] == [f"p_{w}" for w in want]
+
+
+def test_plot_structure_reports_a_bad_file_and_draws_the_others(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    bad = tmp_path / "bad.cif"
+    bad.write_text("not a CIF\n")
+    si = ROOT / "examples" / "silicon.cif"
+    argv = ["plot", "structure", str(bad), str(si), "--out", str(tmp_path / "p")]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 1  # as predict: some inputs failed
+    assert f"error: {bad}: " in err and "1 of 2 inputs plotted" in err, err
+    assert [Path(p).name for p in out.split()] == [f"p_silicon_{k}.png" for k in KINDS]
+    assert all(Path(p).is_file() for p in out.split())
+
+
+def test_plot_structure_gives_inputs_of_one_stem_their_own_files(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for folder, name in (("a", "silicon"), ("b", "nacl")):
+        (tmp_path / folder).mkdir()
+        src = (ROOT / "examples" / f"{name}.cif").read_bytes()
+        (tmp_path / folder / "POSCAR.cif").write_bytes(src)
+    srcs = [str(tmp_path / f / "POSCAR.cif") for f in "ab"]
+    rc, out, _ = _run(["plot", "structure", *srcs, "--out", str(tmp_path / "p")], capsys)
+    assert rc == 0
+    names = [Path(p).name for p in out.split()]
+    assert names == [f"p_{f}_POSCAR_{k}.png" for f in "ab" for k in KINDS]
+    assert len({Path(p).read_bytes() for p in out.split()}) == 6  # six different figures
+
+
+def test_plot_file_names_never_repeat():
+    from e3elastic.cli import plot
+
+    srcs = ["x/a.cif", "x/a.cif", "y/a.cif", "b.cif"]
+    assert plot._file_names(srcs) == ["x_a", "x_a", "y_a", "b"]
+    assert plot._unique(["x_a", "x_a", "x_a_2", "b"]) == ["x_a", "x_a_2", "x_a_2_2", "b"]
+
+
+def test_plot_refuses_an_out_folder_that_does_not_exist(tmp_path, capsys):
+    f = tmp_path / "si.json"
+    f.write_text(json.dumps(_cubic(C11, C12, C44)))
+    missing = tmp_path / "no" / "such"
+    for argv in (["voigt", str(f)], ["structure", str(ROOT / "examples" / "silicon.cif")]):
+        rc, out, err = _run(["plot", *argv, "--out", str(missing / "p")], capsys)
+        assert rc == 2 and out == "", err  # as predict: refused before any work
+        assert f"the folder {missing} does not exist" in err
+    assert not (tmp_path / "no").exists()
+
+
+def test_plot_parity_refuses_input_files(monkeypatch, capsys):
+    from e3elastic.cli import plot
+
+    monkeypatch.setattr(plot, "run_evaluation", lambda args: pytest.fail("evaluated"))
+    si = str(ROOT / "examples" / "silicon.cif")
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", "parity", si, "--model", "default"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "plot parity takes no input files" in err and si in err
+
+
 # --------------------------------------------------------------------------------------------
 # e3elastic data summary
 # --------------------------------------------------------------------------------------------
