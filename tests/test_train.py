@@ -769,6 +769,12 @@ def test_init_from_starts_at_the_bundle_and_checks_its_architecture(small_datase
     assert tuned_set["volume_per_atom_A3"]["max"] == max(
         base["volume_per_atom_A3"]["max"], own["volume_per_atom_A3"]["max"]
     )
+    own = train.training_set_counts(other_data.records["train"], other_data.graphs["train"])
+    for pair in set(base["contacts"]) | set(own["contacts"]):
+        rows = [t["contacts"][pair] for t in (base, own) if pair in t["contacts"]]
+        low, high, n = tuned_set["contacts"][pair]
+        assert low == min(r[0] for r in rows) and high == max(r[1] for r in rows)
+        assert n == sum(r[2] for r in rows)
 
     wider = config.override(
         ["model.radial_hidden=[9]", f"train.init_from={tmp_path / 'first/best'}"]

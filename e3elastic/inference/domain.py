@@ -25,7 +25,15 @@ flags those cases; each warning is ``"<code>: <sentence>"``. Codes:
 ``strained``
     The median over atoms of nearest-neighbour distance / sum of covalent radii is outside
     :data:`STRAIN_RANGE` (the bulk of bonded crystals lies near 0.9-1.2): a strongly
-    compressed or expanded input, beyond the +-3 % the model was taught.
+    compressed or expanded input, beyond the +-3 % the model was taught. Or, sharper where the
+    bundle records its training crystals' contacts (``training_set.contacts``, from
+    :func:`contact_table`: for each pair of elements that are an atom and its nearest
+    neighbour in at least :data:`CONTACT_MIN_COUNT` training crystals, the range of that
+    distance over them, 2nd to 98th percentile): the median over atoms of nearest-neighbour
+    distance / the low end for its pair is under ``1 -`` :data:`CONTACT_MARGIN`, or / the high
+    end over ``1 +`` it. Covalent radii misjudge
+    ionic and metallic bonds (rock salt squeezed to 0.8 of its lattice constant passes the
+    radius test); the training contacts do not.
 
 :func:`ensemble_warnings` adds ``ensemble-disagreement`` when members spread by more than
 :data:`ENSEMBLE_SPREAD` (relative Frobenius) around their mean.
@@ -55,7 +63,12 @@ __all__ = [
     "STIFFNESS_FACTOR",
     "STRAIN_RANGE",
     "VACUUM_GAP_A",
+    "CONTACT_MARGIN",
+    "CONTACT_MIN_COUNT",
+    "CONTACT_QUANTILE",
+    "contact_table",
     "ensemble_warnings",
+    "nearest_contacts",
     "stiffness_warnings",
     "structure_warnings",
 ]
@@ -66,6 +79,10 @@ DENSITY_FACTOR = 2.0
 ISOLATED_RATIO = 1.7
 SHORT_RATIO = 0.7
 STRAIN_RANGE = (0.75, 1.45)
+CONTACT_MARGIN = 0.06
+#: Training crystals in which a pair must be a nearest-neighbour contact before its range is used.
+CONTACT_MIN_COUNT = 3
+CONTACT_QUANTILE = 0.02
 ENSEMBLE_SPREAD = 0.25
 #: K_VRH and G_VRH of diamond from its measured single-crystal constants (C11 1079, C12 124,
 #: C44 578 GPa; McSkimin and Andreatch 1972). The largest labels in training are PBE diamond's,
@@ -127,7 +144,73 @@ def structure_warnings(structure, graph, training_set: dict[str, Any] | None = N
             f"low-density: {vpa:.0f} Å^3 per atom, more than {DENSITY_FACTOR:g} times the "
             f"largest in training ({vmax:.0f})"
         )
-    return out + _neighbour_warnings(graph, z, symbols)
+    out += _neighbour_warnings(graph, z, symbols)
+    if not any(w.startswith("strained") for w in out):
+        out += _contact_warnings(graph, (training_set or {}).get("contacts"))
+    return out
+
+
+def nearest_contacts(graph) -> tuple[np.ndarray, np.ndarray]:
+    """For every atom with a neighbour in the graph: its nearest-neighbour distance
+    (Angstrom) and the pair key ``"A-B"`` (the two element symbols, sorted) of that contact."""
+    from .. import graph as graph_mod
+
+    n = len(graph.species)
+    length = np.linalg.norm(graph_mod.edge_vectors(graph), axis=-1)
+    nearest = np.full(n, np.inf)
+    np.minimum.at(nearest, graph.receivers, length)
+    partner = np.full(n, -1)
+    hit = length == nearest[graph.receivers]
+    partner[graph.receivers[hit]] = graph.senders[hit]
+    has = np.flatnonzero(partner >= 0)
+    symbols = [graph_mod.SYMBOLS[i] for i in graph.species]
+    keys = np.array(["-".join(sorted((symbols[i], symbols[partner[i]]))) for i in has], object)
+    return nearest[has], keys
+
+
+def contact_table(graphs) -> dict[str, list[float]]:
+    """``{"A-B": [low, high, crystals]}`` from the training crystals' ``graphs``: for each pair
+    of elements, the median distance of its nearest-neighbour contacts in each crystal where
+    it is one, then the :data:`CONTACT_QUANTILE` and ``1 -`` that quantile over those crystals
+    (each crystal counts once, however many atoms it has), and the number of crystals."""
+    per_pair: dict[str, list[float]] = {}
+    for g in graphs:
+        dist, keys = nearest_contacts(g)
+        for k in set(keys.tolist()):
+            per_pair.setdefault(str(k), []).append(float(np.median(dist[keys == k])))
+    q = CONTACT_QUANTILE
+    return {
+        k: [round(float(np.quantile(v, q)), 3), round(float(np.quantile(v, 1 - q)), 3), len(v)]
+        for k, v in sorted(per_pair.items())
+    }
+
+
+def _contact_warnings(graph, table: dict[str, list[float]] | None) -> list[str]:
+    """``strained`` from each atom's nearest contact against the training range of its pair."""
+    if not table:
+        return []
+    dist, keys = nearest_contacts(graph)
+    rows = [(d, table.get(k), k) for d, k in zip(dist, keys, strict=True)]
+    rows = [(d, t, k) for d, t, k in rows if t is not None and t[2] >= CONTACT_MIN_COUNT]
+    if not rows:
+        return []
+    short = np.array([d / t[0] for d, t, _ in rows])
+    long = np.array([d / t[1] for d, t, _ in rows])
+    for ratio, bound, kind, word in (
+        (short, 1 - CONTACT_MARGIN, "compressed", "low end"),
+        (long, 1 + CONTACT_MARGIN, "expanded", "high end"),
+    ):
+        med = float(np.median(ratio))
+        if (med < bound) if kind == "compressed" else (med > bound):
+            i = int(np.argsort(ratio)[len(ratio) // 2])
+            d, t, k = rows[i]
+            ref = t[0] if kind == "compressed" else t[1]
+            return [
+                f"strained: nearest-neighbour distances are {med:.2f} of the {word} of their "
+                f"element pair's range in training (e.g. {k} {d:.2f} Å against {ref:.2f} Å); "
+                f"the structure is strongly {kind}, or bonded unlike any training crystal"
+            ]
+    return []
 
 
 def _element_warnings(symbols: list[str], training_set: dict[str, Any] | None) -> list[str]:

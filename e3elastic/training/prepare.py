@@ -28,6 +28,7 @@ from .. import graph as graph_mod
 from .. import tensors
 from ..config import Config, theory_index
 from ..errors import E3ElasticError
+from ..inference.domain import contact_table
 from ..tensors import N_IRREPS
 
 __all__ = [
@@ -352,10 +353,12 @@ def learns_moduli(config: Config) -> bool:
     return config.train.moduli_weight > 0 or bool(config.train.pseudo_tensors)
 
 
-def training_set_counts(records) -> dict[str, Any]:
+def training_set_counts(records, graphs=None) -> dict[str, Any]:
     """What a model was trained on, for its bundle: crystals per element (a crystal counts
-    once per element it contains) and per level of theory, and the range of volume per atom
-    (Angstrom^3) and of nearest-neighbour distance ratios, for domain checks at prediction."""
+    once per element it contains) and per level of theory, the range of volume per atom
+    (Angstrom^3) and, from the crystals' ``graphs`` when given, the range of each element
+    pair's nearest-neighbour distance (:func:`e3elastic.inference.domain.contact_table`), for
+    the domain checks at prediction."""
     elements: Counter = Counter()
     theory: Counter = Counter()
     volume_per_atom = []
@@ -375,7 +378,7 @@ def training_set_counts(records) -> dict[str, Any]:
             "p99": float(np.quantile(v, 0.99)),
             "max": float(v.max()),
         },
-    }
+    } | ({"contacts": contact_table(graphs)} if graphs is not None else {})
 
 
 def merged_training_sets(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -399,4 +402,12 @@ def merged_training_sets(base: dict[str, Any], new: dict[str, Any]) -> dict[str,
             "p99": max(a["p99"], b["p99"]),
             "max": max(a["max"], b["max"]),
         }
+    contacts = dict(base.get("contacts") or {})
+    for key, (low, high, n) in (new.get("contacts") or {}).items():
+        if key in contacts:
+            b_low, b_high, b_n = contacts[key]
+            low, high, n = min(low, b_low), max(high, b_high), n + b_n
+        contacts[key] = [low, high, n]
+    if contacts:
+        out["contacts"] = dict(sorted(contacts.items()))
     return out

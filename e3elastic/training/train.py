@@ -289,7 +289,7 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[Run, TrainState]:
 def _training_set(prep, start, init_from: str) -> dict[str, Any]:
     """What the bundle will say it was trained on: this run's training crystals, and for a
     fine-tuning run also those of the bundle it started from."""
-    counts = training_set_counts(prep.records["train"])
+    counts = training_set_counts(prep.records["train"], prep.graphs["train"])
     base = (start[2] or {}).get("training_set") if start is not None else None
     if not base:
         return counts
