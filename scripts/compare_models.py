@@ -125,15 +125,29 @@ def _rows(models, records, reference: set[str], cache: dict) -> dict[str, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split-from", required=True, help="bundle whose split picks the crystals")
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--part", default="test", choices=("train", "val", "test"))
+    ap.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=MODEL",
+        help="a row name and a model (shipped name, bundle, run or ensemble folder); "
+        "NAME=A+B+... pools the members of several models; repeatable",
+    )
+    ap.add_argument(
+        "--data", default=None, help="data folder (default: $E3ELASTIC_DATA, else ../shared/data)"
+    )
+    ap.add_argument(
+        "--part",
+        default="test",
+        choices=("train", "val", "test"),
+        help="which part of --split-from's split to score (default: test)",
+    )
     ap.add_argument(
         "--reference",
         default=None,
         help="JSON file with a 'test' list of ids, or a bundle's info.json (its test split)",
     )
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="write every number as JSON to this file")
     ap.add_argument("--predictions", default=None, metavar="DIR", help="cache of predictions")
     args = ap.parse_args()
 

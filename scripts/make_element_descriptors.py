@@ -6,13 +6,16 @@ table row. Values come from pymatgen's periodic table; the file is committed so 
 do not change when pymatgen's data does. Rerun only to change the descriptor set (a model trained
 on the old table must then be retrained).
 
-    python scripts/make_element_descriptors.py
+    python scripts/make_element_descriptors.py           # compare with the committed table
+    python scripts/make_element_descriptors.py --write   # overwrite it
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -44,7 +47,12 @@ def _valence(el) -> float:
     return 3.0  # f block: most common valence
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--write", action="store_true", help=f"overwrite {OUT.name} (default: only compare)"
+    )
+    args = ap.parse_args(argv)
     from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
     from pymatgen.core import Element
 
@@ -90,9 +98,18 @@ def main() -> None:
         "symbols": symbols,
         "values": [[None if math.isnan(v) else round(v, 6) for v in row] for row in rows],
     }
-    OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {OUT} ({len(rows)} elements x {len(names)} descriptors)")
+    if args.write:
+        OUT.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {OUT} ({len(rows)} elements x {len(names)} descriptors)")
+        return 0
+    committed = json.loads(OUT.read_text())
+    same = all(committed[k] == doc[k] for k in ("names", "symbols", "values"))
+    print(
+        f"{OUT.name}: {len(rows)} elements x {len(names)} descriptors; the committed values "
+        + ("match pymatgen's" if same else "differ from pymatgen's (--write to replace them)")
+    )
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
