@@ -860,6 +860,40 @@ def test_a_folder_keeps_structure_json_and_skips_other_json(tiny_model, tmp_path
         assert [Path(row["id"]).name for row in rows] == ["nacl.json"]
 
 
+def test_molecules_and_lone_atoms_get_one_clear_error(tiny_model, tmp_path, capsys):
+    """A pymatgen Molecule is one input with one error (not an error per atom); an atom alone
+    in a box is refused in words a user can act on, naming the file once; an .xyz without ASE
+    says what is missing; with --out, warnings still reach the console."""
+    from pymatgen.core import Lattice, Molecule, Structure
+
+    co2 = Molecule(["C", "O", "O"], [[0, 0, 0], [0, 0, 1.16], [0, 0, -1.16]])
+    r = inference.predict(co2, model=tiny_model)
+    assert isinstance(r, inference.Prediction) and "get_boxed_structure" in r.error
+    lone = tmp_path / "cu_atom.cif"
+    Structure(Lattice.cubic(15.0), ["Cu"], [[0, 0, 0]]).to(filename=str(lone))
+    r = inference.predict(str(lone), model=tiny_model)
+    assert "isolated atom" in r.error and "allow_isolated" not in r.error
+    assert str(lone) not in r.error  # the id carries the file; the message does not repeat it
+    xyz = tmp_path / "co2.xyz"
+    co2.to(filename=str(xyz))
+    try:
+        import ase  # noqa: F401
+    except ImportError:
+        r = inference.predict(str(xyz), model=tiny_model)
+        assert "pip install ase" in r.error
+    from e3elastic.cli import main as cli_main
+
+    boxed = tmp_path / "co2_box.cif"
+    co2.get_boxed_structure(15, 15, 15).to(filename=str(boxed))
+    out = tmp_path / "pred.csv"
+    capsys.readouterr()
+    assert (
+        cli_main(["predict", str(boxed), "--model", str(tiny_model.path), "--out", str(out)]) == 0
+    )
+    err = capsys.readouterr().err
+    assert f"WARNING {boxed}: vacuum:" in err
+
+
 def test_short_error_of_an_exception_without_a_message():
     from e3elastic.errors import short_error
 

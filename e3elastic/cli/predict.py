@@ -184,6 +184,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         print(text)
     failed = [r for r in results if r["error"] is not None]
+    if args.out:  # the table on stdout shows them; a file alone would hide them
+        for r in results:
+            for warning in r.get("warnings") or []:
+                print(f"WARNING {r.get('file') or r.get('id')}: {warning}", file=sys.stderr)
     for r in failed:
         print(f"error: {r.get('file') or r.get('id')}: {r['error']}", file=sys.stderr)
     print(

@@ -178,7 +178,13 @@ def _prepare(
         )
         rotations = _symmetry_fields(res, s, symmetrize, symprec)
         return g, rotations if symmetrize else None
-    except (PredictError, graph_mod.GraphError, ValueError) as e:
+    except graph_mod.GraphError as e:
+        text = str(e).removeprefix(f"{res.get('id')}: ")
+        res["error"] = text.replace(
+            "; pass allow_isolated=True to accept it",
+            ": an isolated atom (an atom or a molecule alone in a box) cannot be predicted",
+        )
+    except (PredictError, ValueError) as e:
         res["error"] = str(e) if str(e) else short_error(e)
     except Exception as e:  # pymatgen and friends raise many types on odd input
         res["error"] = f"cannot use this structure: {short_error(e)}"

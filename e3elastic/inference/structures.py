@@ -134,7 +134,10 @@ def _read_structure(path: str | os.PathLike) -> tuple[Any, list[str]]:
         from ase.io import read as ase_read
         from pymatgen.io.ase import AseAtomsAdaptor
     except ImportError:
-        pass
+        if p.suffix.lower() in (".xyz", ".extxyz"):
+            errors.append(
+                "ase: not installed, and pymatgen reads no .xyz crystal (pip install ase)"
+            )
     else:
         try:
             return AseAtomsAdaptor.get_structure(ase_read(str(p))), []
@@ -190,6 +193,12 @@ def as_structure(item: Any) -> tuple[str, Any, list[str]]:
     if isinstance(item, str | os.PathLike):
         s, notes = _read_structure(item)
         return str(item), s, notes
+    if type(item).__name__ == "Molecule":
+        raise PredictError(
+            "a pymatgen Molecule has no lattice, and a molecule has no elastic tensor as a "
+            "crystal does; Molecule.get_boxed_structure(a, b, c) makes a cell of it, which "
+            "is predicted with a vacuum warning"
+        )
     raise PredictError(
         f"cannot predict for a {type(item).__name__}; give a Structure, Atoms or path"
     )
@@ -238,14 +247,14 @@ def wrapped_into_cell(s):
 
 
 def input_items(structures: Any) -> tuple[list[Any], bool]:
-    """(items, single): one Structure/Atoms/file is a single input; a list, a folder or a
-    glob pattern is expanded into many."""
-    from pymatgen.core import Structure
+    """(items, single): one Structure/Molecule/Atoms/file is a single input; a list, a folder
+    or a glob pattern is expanded into many."""
+    from pymatgen.core import Molecule, Structure
 
-    if isinstance(structures, Structure) or (
+    if isinstance(structures, Structure | Molecule) or (
         type(structures).__name__ == "Atoms" and hasattr(structures, "get_cell")
     ):
-        return [structures], True
+        return [structures], True  # a Molecule is one input (refused whole), not its atoms
     if isinstance(structures, str | os.PathLike):
         s = str(structures)
         if Path(s).is_file() or not (Path(s).is_dir() or any(c in s for c in "*?[")):
