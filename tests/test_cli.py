@@ -546,6 +546,20 @@ def test_plot_structure_takes_folders_and_globs(tmp_path, capsys):
         assert [Path(p).name for p in out.split()] == [f"p_{w}" for w in want]
 
 
+def test_plot_takes_files_after_the_options(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    si, nacl = (str(ROOT / "examples" / f"{n}.cif") for n in ("silicon", "nacl"))
+    argv = ["plot", "structure", si, "--out", str(tmp_path / "p"), nacl]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    want = [f"p_{n}_{k}.png" for n in ("silicon", "nacl") for k in KINDS]
+    assert [Path(p).name for p in out.split()] == want
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", "structure", "--out", str(tmp_path / "q"), "--bogus", si])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_plot_structure_reports_a_bad_file_and_draws_the_others(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     bad = tmp_path / "bad.cif"

@@ -37,7 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (2: bad input or an expected failure, shown as
     one line; 130: Ctrl-C; 141: the reader of stdout went away, as for any Unix filter)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "plot" and args.kind != "parity":
+        # `plot structure --model m a.cif`: argparse has already given the (possibly empty)
+        # input list to the positional before the options; files after them belong to it
+        if not any(x.startswith("-") for x in extra):
+            args.inputs = list(args.inputs or []) + extra
+            extra = []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status = int(args.func(args) or 0)
         sys.stdout.flush()
