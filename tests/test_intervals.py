@@ -187,7 +187,9 @@ def test_table_and_csv_show_the_intervals():
     p.update(moduli_intervals(members, p))
     lo, hi = p["G_VRH_interval95_GPa"]
     table = format_predictions([p], "table")
-    assert f"(95 %: {lo:.1f}-{hi:.1f})" in table
+    lo68, hi68 = p["G_VRH_interval68_GPa"]
+    assert f"(68 %: {lo68:.1f}-{hi68:.1f}, 95 %: {lo:.1f}-{hi:.1f})" in table
+    assert "-0.00" not in table  # the zero couplings of an isotropic C print as 0.00
     header, row = format_predictions([p], "csv").splitlines()[:2]
     cells = dict(zip(header.split(","), row.split(","), strict=False))
     assert float(cells["G_VRH_low95_GPa"]) == pytest.approx(lo)

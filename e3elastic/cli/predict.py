@@ -78,9 +78,13 @@ def _csv_value(r: dict, key: str):
 
 
 def _interval(r: dict, q: str) -> str:
-    """`` (95 %: low-high)`` when the result has that interval."""
-    pair = r.get(f"{q}_interval95_GPa")
-    return "" if pair is None else f" (95 %: {pair[0]:.1f}-{pair[1]:.1f})"
+    """`` (68 %: low-high, 95 %: low-high)`` when the result has those intervals."""
+    parts = [
+        f"{level} %: {pair[0]:.1f}-{pair[1]:.1f}"
+        for level in ("68", "95")
+        if (pair := r.get(f"{q}_interval{level}_GPa")) is not None
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _prediction_table(r: dict) -> list[str]:
@@ -103,8 +107,11 @@ def _prediction_table(r: dict) -> list[str]:
         "  Voigt stiffness C_IJ (GPa), order 11 22 33 23 13 12"
         + ("; +- one calibrated standard deviation over the members:" if std is not None else ":")
     )
-    width = max(10, 2 + max(len(f"{x:.2f}") for row in r["voigt_GPa"] for x in row))
-    for i, row in enumerate(r["voigt_GPa"]):
+    import numpy as np
+
+    voigt = np.round(np.asarray(r["voigt_GPa"], np.float64), 2) + 0.0  # no "-0.00"
+    width = max(10, 2 + max(len(f"{x:.2f}") for row in voigt for x in row))
+    for i, row in enumerate(voigt):
         cells = "".join(f"{x:{width}.2f}" for x in row)
         if std is not None:
             cells += "   +- " + " ".join(f"{s:5.1f}" for s in std[i])
