@@ -89,8 +89,8 @@ def parity(pred, true, out, labels: Sequence[str] | None = None, title: str | No
     ax1.set_xlabel("reference C_IJ (GPa)")
     ax1.set_ylabel("predicted C_IJ (GPa)")
     ax1.set_title(
-        f"21 Voigt components of {p.shape[0]} tensor(s): MAE {_mae(p, t):.3g} GPa "
-        "(36 entries, as evaluate)"
+        f"the 21 independent C_IJ of {p.shape[0]} tensor(s) plotted; MAE {_mae(p, t):.3g} GPa "
+        "over all 36 entries (as e3elastic evaluate)"
     )
     ax1.legend(fontsize=8, loc="upper left")
 
