@@ -335,7 +335,7 @@ class Config:
             key, sep, raw = a.partition("=")
             section, dot, name = key.strip().partition(".")
             if not sep or not dot or section not in ("model", "data", "train"):
-                raise ValueError(f"override {a!r} must look like model.n_layers=3")
+                raise ValueError(f"override {a!r} must look like model.n_layers=3{_hint(d, key)}")
             if name not in d[section]:
                 import difflib
 
@@ -348,6 +348,18 @@ class Config:
                 value = raw
             d[section][name] = value
         return Config.from_dict(d)
+
+
+def _hint(d: dict[str, Any], key: str) -> str:
+    """`` (did you mean train.epochs?)`` for a key with its section missing or misspelled."""
+    import difflib
+
+    name = key.strip().rpartition(".")[2]
+    for section in ("model", "data", "train"):
+        if name in d[section]:
+            return f" (did you mean {section}.{name}?)"
+    close = difflib.get_close_matches(key.strip().partition(".")[0], ["model", "data", "train"], 1)
+    return f" (did you mean {close[0]}.{name}?)" if close and "." in key else ""
 
 
 #: What every preset's network reads and predicts: the log head, element descriptors and the

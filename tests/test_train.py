@@ -344,6 +344,9 @@ def test_override_names_the_setting_a_typo_meant():
     with pytest.raises(ValueError) as err:
         cfg.tiny().override(["train.zzzz=1"])
     assert str(err.value) == "unknown setting train.zzzz"
+    for typo in ("trian.learning_rate=1e-3", "learning_rate=1e-3"):
+        with pytest.raises(ValueError, match=r"\(did you mean train\.learning_rate\?\)"):
+            cfg.tiny().override([typo])
 
 
 def test_override_accepts_values_of_the_right_type():
@@ -754,7 +757,12 @@ def test_init_from_starts_at_the_bundle_and_checks_its_architecture(small_datase
         irrep_stats(other_data.irreps["train"])["shift"],
     )
     tuned = config.override([f"train.init_from={tmp_path / 'first/best'}"])
-    train.train_and_evaluate(tuned, tmp_path / "tuned", prepared=other_data, progress=False)
+    msgs: list[str] = []
+    with messages_to(msgs.append):
+        train.train_and_evaluate(tuned, tmp_path / "tuned", prepared=other_data, progress=False)
+    # at the from-scratch rate (3e-3) the run warns; the zero-rate run above did not need to
+    assert config.train.learning_rate > train.FINE_TUNE_RATE_WARNING
+    assert any("fine-tuning at learning rate 0.003" in m and "3e-4" in m for m in msgs), msgs
     assert _stats(tmp_path / "tuned" / "best") == _stats(tmp_path / "first" / "best")
     # and its training set (for the domain warnings) holds the bundle's crystals too
     info = {

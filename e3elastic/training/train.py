@@ -205,6 +205,10 @@ def _train(config: Config, workdir: Path, resume: bool, prepared, progress) -> d
     return final_evaluation(workdir, run.prep)
 
 
+#: Above this learning rate a fine-tuning run (``train.init_from``) warns.
+FINE_TUNE_RATE_WARNING = 1e-3
+
+
 def _set_precision(config: Config) -> None:
     if config.train.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -235,6 +239,13 @@ def _setup(config: Config, workdir: Path, prepared) -> tuple[Run, TrainState]:
     start = _start_bundle(config, tc.init_from) if tc.init_from else None
     if start is not None:
         stats = start[1]  # the bundle's output units, so the run starts from its predictions
+        if tc.learning_rate > FINE_TUNE_RATE_WARNING:
+            logger.warning(
+                f"warning: fine-tuning at learning rate {tc.learning_rate:g}, a rate for training "
+                "from scratch: the first Adam steps move every weight by about that much and can "
+                "undo what the model knows (a short run has almost no warm-up); fine-tune at "
+                "3e-4 or lower (--set train.learning_rate=3e-4)"
+            )
     dp = DataParallel(tc.data_parallel)
     wide = learns_moduli(config) or tc.moduli_weight_tensor > 0
     irreps = prep.training_irreps("train")  # the DFT targets, or blended with a teacher's
