@@ -759,3 +759,11 @@ def test_evaluate_table_keeps_columns_apart_for_huge_errors(capsys):
         assert float(cells[2]) == pytest.approx(3.1e11) and float(cells[-1]) == pytest.approx(
             5.1e10
         )
+
+
+def test_predict_takes_json_like_the_other_commands(capsys):
+    si = str(ROOT / "examples" / "silicon.cif")
+    rc, out, err = _run(["predict", si, "--json"], capsys)
+    assert rc == 0, err
+    [row] = json.loads(out)
+    assert row["formula"] == "Si" and len(row["voigt_GPa"]) == 6

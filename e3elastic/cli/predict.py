@@ -220,6 +220,13 @@ def add_parser(sub) -> None:
         choices=("table", "json", "csv"),
         help="output format (default: from the --out extension, .json or .csv; else table)",
     )
+    parser.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="same as --format json (as for tensor, evaluate and data summary)",
+    )
     parser.add_argument("--symmetrize", action="store_true", help="impose the point group exactly")
     parser.add_argument(
         "--symprec",
