@@ -15,14 +15,9 @@ weights, config and statistics are not touched.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from e3elastic import data as data_mod
     from e3elastic.inference import domain
-    from e3elastic.inference.bundle import load_bundle
+    from e3elastic.inference.bundle import _sha256, load_bundle
     from e3elastic.training.prepare import graph_cache_dir, graphs_for_records
 
     bundles = [Path(b) for b in args.bundles]

@@ -144,19 +144,27 @@ def structure_warnings(structure, graph, training_set: dict[str, Any] | None = N
             f"low-density: {vpa:.0f} Å^3 per atom, more than {DENSITY_FACTOR:g} times the "
             f"largest in training ({vmax:.0f})"
         )
-    out += _neighbour_warnings(graph, z, symbols)
+    length = _edge_lengths(graph)
+    out += _neighbour_warnings(graph, z, symbols, length)
     if not any(w.startswith("strained") for w in out):
-        out += _contact_warnings(graph, (training_set or {}).get("contacts"))
+        out += _contact_warnings(graph, (training_set or {}).get("contacts"), length)
     return out
 
 
-def nearest_contacts(graph) -> tuple[np.ndarray, np.ndarray]:
+def _edge_lengths(graph) -> np.ndarray:
+    from .. import graph as graph_mod
+
+    return np.linalg.norm(graph_mod.edge_vectors(graph), axis=-1)  # (E,)
+
+
+def nearest_contacts(graph, length: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For every atom with a neighbour in the graph: its nearest-neighbour distance
-    (Angstrom) and the pair key ``"A-B"`` (the two element symbols, sorted) of that contact."""
+    (Angstrom) and the pair key ``"A-B"`` (the two element symbols, sorted) of that contact.
+    ``length``: the graph's edge lengths, when already computed."""
     from .. import graph as graph_mod
 
     n = len(graph.species)
-    length = np.linalg.norm(graph_mod.edge_vectors(graph), axis=-1)
+    length = _edge_lengths(graph) if length is None else length
     nearest = np.full(n, np.inf)
     np.minimum.at(nearest, graph.receivers, length)
     partner = np.full(n, -1)
@@ -185,11 +193,11 @@ def contact_table(graphs) -> dict[str, list[float]]:
     }
 
 
-def _contact_warnings(graph, table: dict[str, list[float]] | None) -> list[str]:
+def _contact_warnings(graph, table: dict[str, list[float]] | None, length) -> list[str]:
     """``strained`` from each atom's nearest contact against the training range of its pair."""
     if not table:
         return []
-    dist, keys = nearest_contacts(graph)
+    dist, keys = nearest_contacts(graph, length)
     rows = [(d, table.get(k), k) for d, k in zip(dist, keys, strict=True)]
     rows = [(d, t, k) for d, t, k in rows if t is not None and t[2] >= CONTACT_MIN_COUNT]
     if not rows:
@@ -233,15 +241,13 @@ def _element_warnings(symbols: list[str], training_set: dict[str, Any] | None) -
     return out
 
 
-def _neighbour_warnings(graph, z: np.ndarray, symbols: list[str]) -> list[str]:
+def _neighbour_warnings(graph, z: np.ndarray, symbols: list[str], length) -> list[str]:
     """``short-distance``, ``isolated-atom`` and ``strained`` from the graph's edge lengths
     relative to the sum of covalent radii."""
-    from .. import graph as graph_mod
 
     out: list[str] = []
     n = len(z)
     radii = _covalent_radii()[z]
-    length = np.linalg.norm(graph_mod.edge_vectors(graph), axis=-1)  # (E,)
     ratio = length / (radii[graph.senders] + radii[graph.receivers])
     nearest = np.full(n, np.inf)
     np.minimum.at(nearest, graph.receivers, ratio)
