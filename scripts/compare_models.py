@@ -19,7 +19,8 @@ before training one. Every member counts once, so a five-member ensemble weighs 
 single model. A model named in several ``--model`` options is loaded and run once.
 
 ``--predictions DIR`` keeps each model's predictions on the part as ``.npz`` files, keyed by
-the model's weights (the sha256 of its ``params.npz`` files) and the crystals, so that a later
+the model's weights (the sha256 of its ``params.npz`` files) and the crystals (ids and
+lattices, so a crystal moved into another frame is predicted again), so that a later
 call pooling the same members in other combinations does not run them again.
 
 Prints a Markdown table and, with ``--out``, writes every number as JSON.
@@ -59,7 +60,8 @@ def pooled(models, records, cache: dict | None = None):
 
 
 def _key(path: str, records) -> str:
-    """A name for one model's predictions on ``records``: its weights and the crystals."""
+    """A name for one model's predictions on ``records``: its weights and the crystals, each
+    by id and by its lattice (a crystal re-aligned into another frame is predicted again)."""
     from e3elastic.inference.bundle import model_folder
 
     h = hashlib.sha256()
@@ -67,6 +69,9 @@ def _key(path: str, records) -> str:
         h.update(f.read_bytes())
     for r in records:
         h.update(r.id.encode())
+        structure = getattr(r, "structure", None)
+        if structure is not None:
+            h.update(np.ascontiguousarray(structure.lattice.matrix, "<f8").tobytes())
     return h.hexdigest()[:20]
 
 

@@ -41,7 +41,10 @@ def test_cached_predictions_are_read_back_and_keyed_by_weights_and_crystals(monk
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "params.npz").write_bytes(b"weights-1")
-    recs = [SimpleNamespace(id=k) for k in "abc"]
+    from pymatgen.core import Lattice, Structure
+
+    cube = Structure(Lattice.cubic(3.0), ["Cu"], [[0, 0, 0]])
+    recs = [SimpleNamespace(id=k, structure=cube) for k in "abc"]
     rng = np.random.default_rng(1)
     calls = []
 
@@ -65,3 +68,8 @@ def test_cached_predictions_are_read_back_and_keyed_by_weights_and_crystals(monk
     (model_dir / "params.npz").write_bytes(b"weights-2")  # retrained model
     compare_models.cached_predictions("M", str(model_dir), recs, cache)
     assert len(calls) == 3
+    # the same crystal moved into another frame (a data release that re-aligns it)
+    turned = Structure(Lattice(np.diag([3.0, 3.0, 3.0])[[1, 2, 0]]), ["Cu"], [[0, 0, 0]])
+    moved = [SimpleNamespace(id=r.id, structure=turned) for r in recs]
+    compare_models.cached_predictions("M", str(model_dir), moved, cache)
+    assert len(calls) == 4

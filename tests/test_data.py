@@ -292,6 +292,46 @@ def test_rotated_structure_is_brought_back(rng, make):
     assert out.structure.matches(s)
 
 
+def orthorhombic_voigt(c11, c22, c33) -> np.ndarray:
+    v = np.zeros((6, 6))
+    v[:3, :3] = 60.0
+    v[[0, 1, 2], [0, 1, 2]] = c11, c22, c33
+    v[[3, 4, 5], [3, 4, 5]] = 40.0, 50.0, 45.0
+    return v
+
+
+@pytest.mark.parametrize("source", ["matminer2015", "strainnet", "elatbot", "mp-api"])
+def test_materials_project_tensors_take_the_ieee_frame_first(source):
+    """An orthorhombic cell with a = 3, b = 4, c = 5 Angstrom along x, y, z, and a tensor in
+    the IEEE frame (c < a < b: x along the 4 A axis, y along 5 A, z along 3 A). The symmetry
+    check passes in both frames, so only the order of the frames decides: a Materials Project
+    tensor moves the structure into the IEEE frame, anything else keeps it as given."""
+    s = crystal("Immm", Lattice.orthorhombic(3.0, 4.0, 5.0), ["Cu"], [[0, 0, 0]])
+    ieee = orthorhombic_voigt(200.0, 150.0, 300.0)  # stiffest along the shortest (3 A) axis
+    mp = data.validate(record(s, ieee, source=source))
+    assert isinstance(mp, data.Record) and mp.frame == "ieee", mp
+    axes = np.abs(
+        mp.structure.lattice.matrix / np.linalg.norm(mp.structure.lattice.matrix, axis=1)[:, None]
+    )
+    # rows a (3 A), b (4 A), c (5 A) lie along z, x, y
+    np.testing.assert_allclose(axes, [[0, 0, 1], [1, 0, 0], [0, 1, 0]], atol=1e-9)
+    user = data.validate(record(s, ieee))
+    assert isinstance(user, data.Record) and user.frame == "given"
+    np.testing.assert_array_equal(user.structure.lattice.matrix, s.lattice.matrix)
+    # a monoclinic Materials Project cell keeps "as given" first, though the IEEE frame passes
+    from e3elastic import tensors
+
+    mono = crystal("P2/m", Lattice.monoclinic(3.0, 4.0, 5.0, 100.0), ["Cu"], [[0, 0, 0]])
+    _, rots, system = data.frames.point_group(mono)
+    base = np.random.default_rng(3).normal(size=(6, 6))
+    c = tensors.symmetrize(base @ base.T + 6 * np.eye(6), rots) * 30.0
+    assert system == "monoclinic"
+    r = data.frames.ieee_rotation(mono, c)
+    assert not np.allclose(np.abs(r), np.eye(3))  # the IEEE frame is another one
+    assert tensors.symmetry_residual(c, r @ rots @ r.T) < TOL  # ... and passes the check too
+    assert data.validate(record(mono, c, source=source)).frame == "given"
+
+
 def test_wrong_tensor_for_structure_is_a_frame_mismatch():
     out = data.validate(record(rock_salt(), tetragonal_voigt()))
     assert isinstance(out, data.Dropped) and out.kind == "frame mismatch"
@@ -805,7 +845,7 @@ def test_real_rotated_structures_come_back(real, rng, tmp_path):
     """Real structures, rotated by a random non-symmetry rotation, are re-aligned on load."""
     picked, seen = [], set()
     for r in real.records:
-        if r.frame == "given" and r.source == "matminer2015" and r.crystal_system not in seen:
+        if r.source == "matminer2015" and r.crystal_system not in seen:
             seen.add(r.crystal_system)
             picked.append(r)
     assert len(picked) >= 5
@@ -857,6 +897,39 @@ def test_real_frames_agree_with_matminer_on_the_overlap(real):
     # matminer's (two cubic ones in their face diagonals, four with inequivalent axes); a frame
     # choice that permuted the axes of any other of the ~40 informative crystals fails here.
     assert disagree <= {"mp-122", "mp-31455", "mp-755", "mp-31502", "mp-30488", "mp-1046"}, disagree
+
+
+def test_real_frames_match_matminer_original_orientation(real):
+    """matminer 2015 stores each tensor twice: ``elastic_tensor`` (IEEE frame, the label) and
+    ``elastic_tensor_original``, the same fit in the orientation of the stored structure. The
+    rotation that takes the stored structure into the kept record's frame must take that
+    original tensor onto the label. The point-group check alone cannot see permuted
+    orthorhombic axes or a rotation about a trigonal axis: with the structure taken "as
+    given" first, 173 orthorhombic and 20 trigonal tensors sat in the wrong frame."""
+    from e3elastic import tensors, voigt
+
+    raw = json.loads(gzip.open(require_data("matminer_elastic_tensor_2015.json.gz")).read())
+    col = {c: i for i, c in enumerate(raw["columns"])}
+    index = real.by_id()
+    counts = Counter()
+    for row in raw["data"]:
+        rec = index.get(row[col["material_id"]])
+        if rec is None or rec.source != "matminer2015":
+            continue
+        stored = Structure.from_dict(row[col["structure"]])
+        # rows of the lattice: L_kept = L_stored @ R.T
+        rot = np.linalg.solve(stored.lattice.matrix, rec.structure.lattice.matrix).T
+        assert np.allclose(rot @ rot.T, np.eye(3), atol=1e-6), rec.id
+        orig = row[col["elastic_tensor_original"]]
+        orig = np.array(orig["data"] if isinstance(orig, dict) else orig, float)
+        seen = voigt.cartesian_to_voigt(tensors.rotate(voigt.voigt_to_cartesian(orig), rot))
+        ok = np.linalg.norm(seen - rec.voigt) / np.linalg.norm(rec.voigt) < 0.05
+        counts[rec.crystal_system, bool(ok)] += 1
+    for system in ("cubic", "hexagonal", "tetragonal", "trigonal", "orthorhombic"):
+        assert counts[system, False] == 0, (system, counts)
+    assert counts["orthorhombic", True] >= 150 and counts["trigonal", True] >= 40, counts
+    # monoclinic cells keep "as given" first (IEEE first puts 17 in a wrong frame)
+    assert counts["monoclinic", False] <= 10, counts
 
 
 def test_real_split_and_cli(real, capsys):

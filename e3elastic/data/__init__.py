@@ -9,13 +9,17 @@ into a :class:`Dataset`:
 2. **validate** each entry: ordered sites, at most ``max_sites`` sites, no isolated or
    overlapping atoms within ``cutoff``, a positive-definite tensor (Born stability), and a
    tensor that is invariant, within ``tolerance``, under the structure's point group;
-3. **align**: when the structure as given fails that symmetry check, it is rotated into the
-   orientation of its conventional standard cell, else into the IEEE frame of its tensor
-   (pymatgen ``Tensor.get_ieee_rotation``), and kept if one of them passes. The check cannot
-   see a permutation of inequivalent axes (orthorhombic a<->b) or a rotation about a
-   monoclinic axis; the conventional frame is tried first because on the 102 materials that
-   matminer 2015 and StrainNet share with identical tensors it agrees with matminer's frame
-   for 96 of them (IEEE first: 81; the IEEE frame alone after "as given": 90);
+3. **align**: the structure is brought into its tensor's frame
+   (:func:`~e3elastic.data.frames.align`). A Materials Project tensor is in the IEEE frame
+   (pymatgen ``Tensor.get_ieee_rotation``), so its structure is rotated there first; any other
+   tensor is first taken as given. The other frames (as given, the orientation of the
+   conventional standard cell, the IEEE frame) follow, and the first that passes the symmetry
+   check is kept. The check cannot see a permutation of inequivalent axes (orthorhombic
+   a<->b) or a rotation about a trigonal or monoclinic axis, so the order matters: matminer
+   2015 also stores each tensor in its structure's own orientation, and against that the
+   IEEE frame first is right for all 193 orthorhombic and 60 trigonal tensors, where "as given"
+   first was wrong for 173 and 20 (monoclinic cells keep "as given" first: 35 of 45 right,
+   against 28 with the IEEE frame first);
 4. **de-duplicate** across sources: by id, then by ``StructureMatcher`` within one reduced
    formula and one level of theory; the more precise copy wins (StrainNet is rounded to 1 GPa);
 5. **split** deterministically by a seeded sha256 of the id (or of the reduced formula).
@@ -46,10 +50,15 @@ A JSON list (the file may be gzipped) of objects::
         "voigt_GPa": [[...], ...],       # 6x6 Voigt stiffness in GPa, order 11 22 33 23 13 12
         "K_VRH_GPa": 97.8, "G_VRH_GPa": 66.5,  # ... or (no voigt_GPa) the Hill moduli alone
         "theory": "PBE",                 # optional, default "PBE" (any case: "pbe")
-        "source": "my-lab",              # optional, default "user"
+        "source": "my-lab",              # optional, default "user"; "mp-api" (what
+                                         # `data fetch-mp` writes) marks an IEEE-format
+                                         # Materials Project tensor (see step 3)
         "precision_GPa": 0.01            # optional: rounding step of the values, GPa
       }
     ]
+
+The tensor is taken in the Cartesian frame of the structure as given, unless the symmetry
+check fails there (step 3).
 
 An entry that cannot be used is dropped with a reason (:data:`REASONS`), and the others are
 kept: ``e3elastic data summary --dropped`` names each one, and ``train`` and ``evaluate`` name

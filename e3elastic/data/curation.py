@@ -119,7 +119,8 @@ def validate(
 
     Frames tried, first pass wins (:func:`~e3elastic.data.frames.align`): as given,
     :func:`~e3elastic.data.frames.conventional_rotation`,
-    :func:`~e3elastic.data.frames.ieee_rotation`. Returns the aligned record (``residual``,
+    :func:`~e3elastic.data.frames.ieee_rotation`, with the IEEE frame first for Materials
+    Project tensors. Returns the aligned record (``residual``,
     ``frame`` and spglib's ``crystal_system`` set) or a :class:`Dropped` with the reason.
     ``tolerance`` bounds the relative symmetry residual; ``cutoff`` (Angstrom, None to skip) is
     the radius within which every site needs a neighbour and no two sites may be closer than

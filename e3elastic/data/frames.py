@@ -1,10 +1,25 @@
 """Frames: a structure's point group, and rotations into the frame of its tensor.
 
 A tensor is consistent with its structure when it is invariant, within a tolerance, under the
-structure's point group (:func:`e3elastic.tensors.symmetry_residual`). Sources store tensors in
-different frames; :func:`align` tries the structure as given, then the orientation of its
-conventional standard cell (:func:`conventional_rotation`), then the IEEE frame of the tensor
-(:func:`ieee_rotation`).
+structure's point group (:func:`e3elastic.tensors.symmetry_residual`). That check is necessary,
+not sufficient: it cannot see a permutation of an orthorhombic cell's axes, nor a rotation
+about a trigonal or monoclinic axis that keeps the point group. Sources store tensors in
+different frames, so :func:`align` tries three, in an order that depends on the source:
+
+* Materials Project tensors (:data:`IEEE_SOURCES`) are in the IEEE frame of pymatgen's
+  ``get_ieee_rotation``, whatever the orientation of the stored structure. Their structure is
+  rotated into that frame first (:func:`ieee_rotation`), then the structure as given and the
+  conventional standard orientation (:func:`conventional_rotation`) are tried. Monoclinic and
+  triclinic cells keep the order below: for them the IEEE rotation of the current pymatgen
+  differs from the one the tensors were made with.
+* Every other tensor (zeolites, user files) is taken in the frame of its structure as given,
+  then the conventional orientation, then the IEEE frame.
+
+matminer 2015 keeps each tensor also in the orientation of its own structure
+(``elastic_tensor_original``), which shows which order is right: with the IEEE frame first,
+every orthorhombic, trigonal, tetragonal, hexagonal and cubic tensor of that file lands in the
+frame of its structure, where "as given" first put 173 of its 193 orthorhombic and 20 of its 60
+trigonal tensors on permuted or rotated axes (``tests/test_data.py``).
 """
 
 from __future__ import annotations
@@ -20,10 +35,24 @@ from e3elastic.errors import short_error
 
 from .records import Record, _EntryError
 
-__all__ = ["SYMPREC", "conventional_rotation", "ieee_rotation", "rotate_structure", "align"]
+__all__ = [
+    "IEEE_SOURCES",
+    "SYMPREC",
+    "conventional_rotation",
+    "ieee_rotation",
+    "rotate_structure",
+    "align",
+]
 
 #: spglib tolerance (Angstrom) for the point group of a structure.
 SYMPREC = 0.01
+
+#: Sources whose tensors are Materials Project IEEE-format tensors: their structures are
+#: rotated into the IEEE frame first (see the module docstring).
+IEEE_SOURCES = frozenset({"matminer2015", "strainnet", "elatbot", "matten", "mp-api"})
+
+#: Crystal systems for which the IEEE frame is tried last even for :data:`IEEE_SOURCES`.
+_GIVEN_FIRST_SYSTEMS = frozenset({"monoclinic", "triclinic"})
 
 
 def _proper(r: np.ndarray) -> np.ndarray:
@@ -103,23 +132,23 @@ def align(rec: Record, sga: Any, rots: np.ndarray, system: str, tolerance: float
     """``rec`` in the first frame where its tensor has the point group ``rots`` of its
     structure (``sga``, ``rots``, ``system``: :func:`point_group`), within ``tolerance``.
 
-    Frames tried, first pass wins: as given, :func:`conventional_rotation`,
-    :func:`ieee_rotation`. Returns the record with ``residual``, ``frame`` and ``crystal_system``
-    set (and its structure rotated when the frame is not the given one); raises
-    :class:`_EntryError` ("frame mismatch") when no frame passes.
+    Frames tried, first pass wins: for a Materials Project tensor (:data:`IEEE_SOURCES`,
+    except monoclinic and triclinic cells) :func:`ieee_rotation`, as given,
+    :func:`conventional_rotation`; for any other, as given, :func:`conventional_rotation`,
+    :func:`ieee_rotation`. Returns the record with ``residual``, ``frame`` and
+    ``crystal_system`` set (and its structure rotated when the frame is not the given one);
+    raises :class:`_EntryError` ("frame mismatch") when no frame passes.
     """
     s = rec.structure
-    res = float(tensors.symmetry_residual(rec.voigt, rots))
-    if res <= tolerance:
-        eye = np.eye(3)
-        trivial = all(np.allclose(r, eye) or np.allclose(r, -eye) for r in rots)  # triclinic
-        frame = "unverified" if trivial else "given"
-        return dataclasses.replace(rec, crystal_system=system, residual=res, frame=frame)
-    tried, values = [f"{res:.3f} as given"], [res]
-    candidates = (
+    eye = np.eye(3)
+    candidates = [
+        ("given", lambda: eye),
         ("conventional", lambda: conventional_rotation(s, sga)),
         ("ieee", lambda: ieee_rotation(s, rec.voigt)),
-    )
+    ]
+    if rec.source in IEEE_SOURCES and system not in _GIVEN_FIRST_SYSTEMS:
+        candidates.insert(0, candidates.pop())
+    tried, values = [], []
     for frame, make in candidates:
         try:
             r = make()
@@ -127,17 +156,21 @@ def align(rec: Record, sga: Any, rots: np.ndarray, system: str, tolerance: float
             tried.append(f"{frame} frame failed ({short_error(err, 40, with_type=False)})")
             continue
         # The rotated structure's point group is the conjugated one: no second spglib call.
-        res2 = float(tensors.symmetry_residual(rec.voigt, r @ rots @ r.T))
-        if res2 <= tolerance:
+        res = float(tensors.symmetry_residual(rec.voigt, r @ rots @ r.T))
+        if res <= tolerance:
+            if frame == "given":
+                trivial = all(np.allclose(q, eye) or np.allclose(q, -eye) for q in rots)
+                frame = "unverified" if trivial else "given"  # triclinic: nothing to check
+                return dataclasses.replace(rec, crystal_system=system, residual=res, frame=frame)
             return dataclasses.replace(
                 rec,
                 structure=rotate_structure(s, r),
                 crystal_system=system,
-                residual=res2,
+                residual=res,
                 frame=frame,
             )
-        tried.append(f"{res2:.3f} in the {frame} frame")
-        values.append(res2)
+        tried.append(f"{res:.3f} {'as given' if frame == 'given' else f'in the {frame} frame'}")
+        values.append(res)
     hint = ""
     if len(values) > 1 and np.ptp(values) < 1e-6:
         hint = "; the frames are equivalent, so the tensor itself lacks the crystal's symmetry"
