@@ -1056,3 +1056,39 @@ def test_shapes_that_do_not_fit_the_config_are_refused(reference, tmp_path):
     b4 = ckpt.export_bundle(tmp_path / "scale", config, params, {**stats, "scale": -stats["scale"]})
     with pytest.raises(ckpt.CheckpointError, match=r"stats\.json"):
         ckpt.load_bundle(b4)
+
+
+def test_old_steps_leave_the_checkpoint_folder_in_one_rename(tmp_path, monkeypatch):
+    """With ``max_to_keep`` steps, an older one is moved out of ``ckpt/`` whole before it is
+    deleted, so a kill in the middle of the deletion never leaves a listed step with some of
+    its files gone (orbax deleted file by file)."""
+    state = {"w": np.arange(4.0, dtype=np.float32), "epoch": np.int32(0)}
+    deleted: list[Path] = []
+    # a kill during every deletion: nothing is removed from the discarded folder
+    monkeypatch.setattr(ckpt.shutil, "rmtree", lambda p, **kw: deleted.append(Path(p)))
+    cps = ckpt.TrainCheckpoints(tmp_path / "run", max_to_keep=2)
+    try:
+        for step in range(5):
+            cps.save(step, {**state, "epoch": np.int32(step)}, {"epoch": step})
+            assert cps.steps() == list(range(max(0, step - 1), step + 1))
+            for s in cps.steps():
+                assert cps.verify(s), s  # every listed step is whole
+    finally:
+        cps.close()
+    assert sorted(p.name for p in (tmp_path / "run" / "ckpt_manifest").iterdir()) == [
+        "3.json",
+        "4.json",
+    ]
+    assert sorted(p.name for p in (tmp_path / "run" / "ckpt_discarded").iterdir()) == [
+        "0",
+        "1",
+        "2",
+    ]
+    monkeypatch.undo()
+    again = ckpt.TrainCheckpoints(tmp_path / "run", max_to_keep=2)  # clears what was left
+    try:
+        assert not (tmp_path / "run" / "ckpt_discarded").exists()
+        step, restored, meta = again.restore(None)
+        assert step == 4 and meta["epoch"] == 4 and int(restored["epoch"]) == 4
+    finally:
+        again.close()

@@ -5,7 +5,9 @@ params, optimizer state, step, epoch and RNG as arrays (``StandardSave``), plus 
 part with the config, normalisation statistics, split ids and the early-stopping record. orbax
 writes each step to a temporary folder and renames it when complete, so a killed run never
 leaves a step that looks finished (temporary folders left by a kill are removed when the
-manager starts).
+manager starts). Old steps (beyond ``max_to_keep``) are pruned here, not by orbax: each leaves
+``ckpt/`` in one rename into ``ckpt_discarded/`` before it is deleted, because orbax deletes
+file by file and a kill in the middle left a listed step with files missing.
 
 orbax does not checksum array data: a damaged data file can load as wrong numbers without any
 error (a flipped byte in ``state/ocdbt.process_0/d/*`` does). So once orbax has finished a step,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -79,10 +82,16 @@ class TrainCheckpoints:
         self.directory = workdir / "ckpt"
         self.manifest_dir = workdir / "ckpt_manifest"
         self.damaged_dir = workdir / "ckpt_damaged"
+        # Old steps are pruned here, not by orbax: orbax deletes a step file by file, and a
+        # kill in the middle left a listed step without some of its files. A step is first
+        # moved out of ``ckpt/`` in one rename, then deleted.
+        self.max_to_keep = max_to_keep
+        self.discarded_dir = workdir / "ckpt_discarded"
+        shutil.rmtree(self.discarded_dir, ignore_errors=True)  # left by a kill mid-delete
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+                max_to_keep=None, create=True, cleanup_tmp_directories=True
             ),
         )
 
@@ -121,6 +130,7 @@ class TrainCheckpoints:
         if not saved:
             raise CheckpointError(f"orbax did not save step {step} in {self.directory}")
         self._write_manifest(step)
+        self._prune()
         kept = set(self.steps())
         for f in self.manifest_dir.glob("*.json"):
             if f.stem.isdigit() and int(f.stem) not in kept:
@@ -219,6 +229,21 @@ class TrainCheckpoints:
                 self._quarantine(bad, log)
             return result
         raise CheckpointError("no readable checkpoint: " + " | ".join(errors))
+
+    def _prune(self) -> None:
+        """Keep the newest ``max_to_keep`` steps: each older one leaves ``ckpt/`` in a single
+        rename (so a kill never leaves a listed step half-deleted), then is deleted."""
+        if not self.max_to_keep:
+            return
+        old = self.steps()[: -self.max_to_keep]
+        if not old:
+            return
+        self.discarded_dir.mkdir(parents=True, exist_ok=True)
+        for step in old:
+            os.replace(self.step_dir(step), self.discarded_dir / str(step))
+            self.manifest_path(step).unlink(missing_ok=True)
+        self.manager.reload()
+        shutil.rmtree(self.discarded_dir, ignore_errors=True)
 
     def _quarantine(self, step: int, log) -> None:
         """Move a damaged step (and its manifest) to ``ckpt_damaged/`` and forget it."""
