@@ -240,7 +240,10 @@ class TrainCheckpoints:
             return
         self.discarded_dir.mkdir(parents=True, exist_ok=True)
         for step in old:
-            os.replace(self.step_dir(step), self.discarded_dir / str(step))
+            dest = self.discarded_dir / str(step)
+            if dest.exists():  # an earlier deletion that failed: os.replace cannot overwrite it
+                shutil.rmtree(dest, ignore_errors=True)
+            os.replace(self.step_dir(step), dest)
             self.manifest_path(step).unlink(missing_ok=True)
         self.manager.reload()
         shutil.rmtree(self.discarded_dir, ignore_errors=True)
