@@ -332,6 +332,48 @@ def test_materials_project_tensors_take_the_ieee_frame_first(source):
     assert data.validate(record(mono, c, source=source)).frame == "given"
 
 
+def test_the_sources_own_oriented_copy_settles_the_frame():
+    """A monoclinic cell whose label is turned 30 degrees about the unique axis: every frame
+    passes the symmetry check (a rotation about the 2-fold axis keeps the point group), so
+    without more the record would keep a wrong frame. With the source's copy of the tensor in
+    the structure's orientation (matminer's ``elastic_tensor_original``), no frame turns the
+    copy into the label, and the record takes the copy with the structure as given. Where a
+    frame does turn it (the orthorhombic cell in its IEEE frame), that frame is kept."""
+    from e3elastic import tensors, voigt
+
+    mono = crystal("P2/m", Lattice.monoclinic(3.0, 4.0, 5.0, 100.0), ["Cu"], [[0, 0, 0]])
+    _, rots, system = data.frames.point_group(mono)
+    base = np.random.default_rng(5).normal(size=(6, 6))
+    copy = tensors.symmetrize(base @ base.T + 6 * np.eye(6), rots) * 30.0
+    assert system == "monoclinic"
+    two_fold = next(q for q in rots if np.isclose(np.linalg.det(q), 1) and np.trace(q) < 0)
+    axis = np.linalg.svd(np.eye(3) - two_fold)[2][-1]  # the unique axis: fixed by the 2-fold
+    t = np.deg2rad(30.0)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    turn = np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
+    label = tensors.rotate(copy, turn)
+    assert tensors.symmetry_residual(label, rots) < TOL  # the check alone cannot tell
+    plain = data.validate(record(mono, label, source="matminer2015"))
+    assert plain.frame == "given" and np.allclose(plain.voigt, label)  # the wrong frame
+    out = data.validate(record(mono, label, source="matminer2015", oriented=copy))
+    assert isinstance(out, data.Record) and out.frame == "oriented", out
+    np.testing.assert_allclose(out.voigt, copy, atol=1e-9)
+    np.testing.assert_array_equal(out.structure.lattice.matrix, mono.lattice.matrix)
+    assert out.oriented is None
+    # a copy that agrees with the frame the rules pick changes nothing
+    s = crystal("Immm", Lattice.orthorhombic(3.0, 4.0, 5.0), ["Cu"], [[0, 0, 0]])
+    ieee = orthorhombic_voigt(200.0, 150.0, 300.0)
+    axes = [2, 0, 1]  # the cell's a, b, c are the IEEE frame's z, x, y
+    cart = voigt.voigt_to_cartesian(ieee)[np.ix_(axes, axes, axes, axes)]
+    as_stored = voigt.cartesian_to_voigt(cart)
+    assert not np.allclose(as_stored, ieee)
+    ok = data.validate(record(s, ieee, source="matminer2015", oriented=as_stored))
+    assert ok.frame == "ieee" and np.allclose(ok.voigt, ieee)
+    # a copy that is another tensor (other Kelvin moduli) leaves the record a frame mismatch
+    bad = data.validate(record(mono, label, source="matminer2015", oriented=tetragonal_voigt()))
+    assert isinstance(bad, data.Dropped) and "is another tensor" in bad.reason, bad
+
+
 def test_wrong_tensor_for_structure_is_a_frame_mismatch():
     out = data.validate(record(rock_salt(), tetragonal_voigt()))
     assert isinstance(out, data.Dropped) and out.kind == "frame mismatch"
@@ -925,11 +967,14 @@ def test_real_frames_match_matminer_original_orientation(real):
         seen = voigt.cartesian_to_voigt(tensors.rotate(voigt.voigt_to_cartesian(orig), rot))
         ok = np.linalg.norm(seen - rec.voigt) / np.linalg.norm(rec.voigt) < 0.05
         counts[rec.crystal_system, bool(ok)] += 1
-    for system in ("cubic", "hexagonal", "tetragonal", "trigonal", "orthorhombic"):
+    # With the copy deciding, every kept tensor sits in the frame of its structure; before,
+    # 10 monoclinic labels were turned about the unique axis (as given first) or 17 (IEEE
+    # first), and 173 orthorhombic and 20 trigonal ones were permuted or rotated.
+    systems = ("cubic", "hexagonal", "tetragonal", "trigonal", "orthorhombic", "monoclinic")
+    for system in systems:
         assert counts[system, False] == 0, (system, counts)
     assert counts["orthorhombic", True] >= 150 and counts["trigonal", True] >= 40, counts
-    # monoclinic cells keep "as given" first (IEEE first puts 17 in a wrong frame)
-    assert counts["monoclinic", False] <= 10, counts
+    assert counts["monoclinic", True] >= 40, counts
 
 
 def test_real_split_and_cli(real, capsys):

@@ -19,7 +19,8 @@ into a :class:`Dataset`:
    2015 also stores each tensor in its structure's own orientation, and against that the
    IEEE frame first is right for all 193 orthorhombic and 60 trigonal tensors, where "as given"
    first was wrong for 173 and 20 (monoclinic cells keep "as given" first: 35 of 45 right,
-   against 28 with the IEEE frame first);
+   against 28 with the IEEE frame first). For matminer 2015 that copy
+   (``Record.oriented``) now settles the frame: all 45 monoclinic tensors are right;
 4. **de-duplicate** across sources: by id, then by ``StructureMatcher`` within one reduced
    formula and one level of theory; the more precise copy wins (StrainNet is rounded to 1 GPa);
 5. **split** deterministically by a seeded sha256 of the id (or of the reduced formula).

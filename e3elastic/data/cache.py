@@ -22,7 +22,7 @@ from .records import Dropped, Record
 __all__ = ["FORMAT_VERSION", "cache_folder", "cache_file", "cache_key", "load", "save"]
 
 #: Bumped whenever processing rules or the cache layout change (invalidates caches).
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 
 def cache_folder(folder: str | os.PathLike | None = None) -> Path:

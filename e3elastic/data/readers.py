@@ -80,7 +80,11 @@ def _read_matminer(obj: dict, out: _Collector) -> None:
         def build(row=row, mid=mid):
             t = row[col["elastic_tensor"]]
             t = t["data"] if isinstance(t, dict) else t
-            return _make_record(mid, "matminer2015", row[col["structure"]], t, precision=0.01)
+            o = row[col["elastic_tensor_original"]] if "elastic_tensor_original" in col else None
+            o = o["data"] if isinstance(o, dict) else o
+            return _make_record(
+                mid, "matminer2015", row[col["structure"]], t, precision=0.01, oriented=o
+            )
 
         out.add(mid, "matminer2015", build)
 

@@ -92,9 +92,14 @@ class Record:
         residual: ``max_R |R.C - C| / |C|`` over the point group, NaN before validation.
         frame: ``"given"`` (consistent as read), ``"conventional"`` or ``"ieee"`` (structure
             rotated into that frame, see :func:`validate`), ``"unverified"`` (the point group
-            has no rotation besides +-1, so the check says nothing), ``"none"`` (a
+            has no rotation besides +-1, so the check says nothing), ``"oriented"`` (structure
+            as given, tensor the source's own copy in that orientation, see ``oriented``),
+            ``"none"`` (a
             moduli-only record: K and G do not depend on the frame) or ``"unchecked"`` (not
             validated yet).
+        oriented: the same tensor in the orientation of the structure as read, where the
+            source keeps one (matminer 2015's ``elastic_tensor_original``); :func:`validate`
+            uses it to choose the frame and drops it. None for every other source.
     """
 
     id: str
@@ -108,6 +113,7 @@ class Record:
     residual: float = math.nan
     frame: str = "unchecked"
     moduli: tuple[float, float] | None = None
+    oriented: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.voigt is None:
@@ -125,6 +131,12 @@ class Record:
             raise ValueError(f"{self.id}: voigt must be 6x6, got {v.shape}")
         v.setflags(write=False)
         object.__setattr__(self, "voigt", v)
+        if self.oriented is not None:
+            o = np.array(self.oriented, dtype=np.float64)
+            if o.shape != (6, 6) or not np.isfinite(o).all():
+                raise ValueError(f"{self.id}: oriented must be a finite 6x6, got {o.shape}")
+            o.setflags(write=False)
+            object.__setattr__(self, "oriented", o)
 
     @property
     def n_sites(self) -> int:
@@ -326,6 +338,7 @@ def _make_record(
     precision: float = 0.01,
     crystal_system: str = "",
     moduli: tuple[Any, Any] | None = None,
+    oriented: Any = None,
 ) -> Record:
     """Build a Record, with a tensor ``voigt`` or (``voigt`` None) the ``moduli``
     ``(K_VRH, G_VRH)``; raises :class:`_EntryError` with a reason for a bad entry."""
@@ -341,6 +354,11 @@ def _make_record(
         label = {"voigt": None, "moduli": _moduli(*(moduli or (None, None)))}
     else:
         label = {"voigt": _voigt(voigt)}
+        if oriented is not None:
+            try:  # only a hint for the frame: a bad copy is left out, not the entry
+                label["oriented"] = _voigt(oriented)
+            except _EntryError:
+                pass
     return Record(
         id=str(id),
         source=source,
