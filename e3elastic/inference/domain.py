@@ -22,6 +22,14 @@ flags those cases; each warning is ``"<code>: <sentence>"``. Codes:
     covalent radii (noble-gas and molecular solids, fragments).
 ``short-distance``
     Two atoms closer than :data:`SHORT_RATIO` times the sum of their covalent radii.
+``low-dimensional``
+    The bonded network (atoms closer than :data:`BOND_RATIO` times the sum of their covalent
+    radii) does not extend in three dimensions: layers (graphite, MoS2, PbI2), chains or
+    molecules held together only by weaker contacts (:func:`bonded_dimension`). Such crystals
+    are a few per cent of the training data, and the model's errors on them are several times
+    larger (docs/json-schema.md); PBE itself misses the van der Waals forces between the
+    layers. Not raised when ``vacuum``, ``isolated-atom``, ``short-distance`` or ``strained``
+    already is, which say more.
 ``strained``
     The median over atoms of nearest-neighbour distance / sum of covalent radii is outside
     :data:`STRAIN_RANGE` (the bulk of bonded crystals lies near 0.9-1.2): a strongly
@@ -54,6 +62,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "BOND_RATIO",
     "DENSITY_FACTOR",
     "DIAMOND_MODULI_GPA",
     "ENSEMBLE_SPREAD",
@@ -66,6 +75,7 @@ __all__ = [
     "CONTACT_MARGIN",
     "CONTACT_MIN_COUNT",
     "CONTACT_QUANTILE",
+    "bonded_dimension",
     "contact_table",
     "ensemble_warnings",
     "nearest_contacts",
@@ -78,6 +88,7 @@ VACUUM_GAP_A = 6.0
 DENSITY_FACTOR = 2.0
 ISOLATED_RATIO = 1.7
 SHORT_RATIO = 0.7
+BOND_RATIO = 1.3
 STRAIN_RANGE = (0.75, 1.45)
 CONTACT_MARGIN = 0.06
 #: Training crystals in which a pair must be a nearest-neighbour contact before its range is used.
@@ -148,7 +159,61 @@ def structure_warnings(structure, graph, training_set: dict[str, Any] | None = N
     out += _neighbour_warnings(graph, z, symbols, length)
     if not any(w.startswith("strained") for w in out):
         out += _contact_warnings(graph, (training_set or {}).get("contacts"), length)
+    geometric = ("vacuum", "isolated-atom", "short-distance", "strained")
+    if not any(w.startswith(geometric) for w in out):
+        dim = bonded_dimension(graph, length)
+        if dim < 3:
+            kind = {2: "layers", 1: "chains", 0: "molecules or clusters"}[dim]
+            out.append(
+                f"low-dimensional: the bonded network is made of {kind} (atoms closer than "
+                f"{BOND_RATIO:g} times the sum of covalent radii), held together only by weaker "
+                "contacts; errors on such crystals are several times larger, most of all in "
+                "the bulk modulus"
+            )
     return out
+
+
+def bonded_dimension(graph, length: np.ndarray | None = None) -> int:
+    """In how many independent directions the bonded network of a crystal graph is infinite:
+    3 for a bulk framework, 2 for layers, 1 for chains, 0 for molecules or clusters (the
+    largest over its connected parts). Two atoms are bonded when they are closer than
+    :data:`BOND_RATIO` times the sum of their covalent radii. A connected part reaches its own
+    periodic images along the lattice vectors collected on its closed loops; their rank is its
+    dimension. ``length``: the graph's edge lengths, when already computed."""
+    from .. import graph as graph_mod
+
+    z = graph_mod.atomic_numbers(graph.species)
+    radii = _covalent_radii()[z]
+    length = _edge_lengths(graph) if length is None else length
+    bonded = length < BOND_RATIO * (radii[graph.senders] + radii[graph.receivers])
+    n = len(z)
+    neighbours: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n)]
+    shifts = graph.cell_shifts[bonded].astype(int)
+    for a, b, shift in zip(graph.senders[bonded], graph.receivers[bonded], shifts, strict=True):
+        # the receiver's image in cell ``shift`` is bonded to the sender in cell 0
+        neighbours[a].append((int(b), shift))
+        neighbours[b].append((int(a), -shift))
+    cell: list[np.ndarray | None] = [None] * n  # the image each atom was reached in
+    best = 0
+    for root in range(n):
+        if cell[root] is not None:
+            continue
+        cell[root] = np.zeros(3, int)
+        queue, loops = [root], []
+        while queue:
+            a = queue.pop()
+            for b, shift in neighbours[a]:
+                reached = cell[a] + shift
+                if cell[b] is None:
+                    cell[b] = reached
+                    queue.append(b)
+                elif (reached != cell[b]).any():
+                    loops.append(reached - cell[b])  # a path from b's image to another one
+        if loops:
+            best = max(best, int(np.linalg.matrix_rank(np.array(loops, float))))
+        if best == 3:
+            break
+    return best
 
 
 def _edge_lengths(graph) -> np.ndarray:
