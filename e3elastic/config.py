@@ -126,6 +126,10 @@ class ModelConfig:
             basis of ``log(V / N)`` is added (through a learned map that starts at zero) to every
             atom's initial scalars and to the two scalar outputs. It tells the network how
             densely the whole cell is packed, pores beyond the cutoff included.
+        bond_basis: number of Gaussians of each edge's length over the sum of its two atoms'
+            covalent radii (0: none), appended to the radial basis under the same envelope.
+            They tell the radial weights whether a contact is a bond or a longer, weaker one
+            (between layers or molecules), which the length alone does not across elements.
         norm: ``layer`` normalises each block's input to its messages and self-interaction
             per atom and per irrep (scalars to zero mean and unit variance, higher l to unit
             mean square norm, a learned gain per channel), while the block's skip connection
@@ -148,8 +152,11 @@ class ModelConfig:
     n_theories: int = 0
     norm: str = "none"
     density_input: bool = False
+    bond_basis: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= int(self.bond_basis) <= 32:
+            raise ValueError(f"model.bond_basis must be in 0..32, got {self.bond_basis}")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.head not in HEADS:

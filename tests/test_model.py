@@ -781,3 +781,38 @@ def test_density_input_sees_the_volume_beyond_the_cutoff():
     plain = Runner(short)
     p = plain(boxes)
     assert _rel(p[1], p[0]) < 1e-10
+
+
+@pytest.mark.parametrize("improper", [False, True])
+def test_bond_basis_is_equivariant(rng, improper):
+    """``model.bond_basis``: the radial basis gains Gaussians of length / (sum of covalent
+    radii); they are invariants, so E(3) equivariance still holds."""
+    run = Runner(("model.bond_basis=6",))
+    s = quartz_structure()
+    R = random_rotation(rng, improper=improper)
+    c, c_rot = run([s, rotated_structure(s, R)], np.float64)
+    assert np.max(np.abs(c[0])) > 1e-3
+    assert _rel(c_rot, tensors.rotate(c, R)) < 1e-10
+
+
+def test_bond_features_measure_length_against_covalent_radii():
+    """Rock salt: every Na-Cl edge at a / 2 = 2.82 Angstrom is 1.052 times Na 1.66 + Cl 1.02;
+    the Gaussian centred nearest that ratio is the largest, and the features are those of
+    the ratio (the same for any length with the same ratio, whatever the elements)."""
+    from e3elastic.network.model import _BOND_RANGE, bond_features
+
+    c = cfg.tiny().override(["model.bond_basis=11"]).model  # centres 0.6, 0.8, ..., 2.6
+    batch = G.pad_batch([G.structure_to_graph(_nacl(), c.cutoff)], BUCKET)
+    length = np.linalg.norm(G.edge_vectors(batch), axis=-1)
+    with jax.enable_x64(True):
+        inp = {k: jax.numpy.asarray(v) for k, v in batch_inputs(batch, np.float64).items()}
+        f = np.asarray(bond_features(inp, jax.numpy.asarray(length), c))
+    nearest = np.isclose(length, 5.64 / 2, atol=1e-6)
+    assert nearest.sum() == 8 * 6  # each of the 8 atoms receives 6 nearest-neighbour edges
+    centres = np.linspace(*_BOND_RANGE, 11)
+    ratio = (5.64 / 2) / (1.66 + 1.02)
+    assert np.all(np.argmax(f[nearest], axis=1) == np.argmin(np.abs(centres - ratio)))
+    width = centres[1] - centres[0]
+    np.testing.assert_allclose(
+        f[nearest][0], np.exp(-0.5 * ((ratio - centres) / width) ** 2), rtol=1e-9
+    )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DESCRIPTOR_FILE", "descriptor_names", "descriptor_table"]
+__all__ = ["DESCRIPTOR_FILE", "covalent_radii", "descriptor_names", "descriptor_table"]
 
 DESCRIPTOR_FILE = Path(__file__).resolve().parent / "element_descriptors.json"
 
@@ -63,3 +63,14 @@ def descriptor_names() -> tuple[str, ...]:
 def descriptor_table() -> np.ndarray:
     """``(100, F)`` float64 standardised descriptors; row ``Z - 1`` is element Z (read-only)."""
     return _standardised()[1]
+
+
+@functools.lru_cache(maxsize=1)
+def covalent_radii(default: float = 1.5) -> np.ndarray:
+    """``(100,)`` covalent radius (Angstrom) by ``Z - 1``, ``default`` where the table has
+    none (read-only)."""
+    names, raw = _raw()
+    r = raw[:, names.index("covalent_radius")]
+    out = np.where(np.isfinite(r), r, default)
+    out.setflags(write=False)
+    return out

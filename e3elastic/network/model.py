@@ -271,6 +271,26 @@ def density_features(inputs: dict[str, jax.Array], dtype: Any) -> jax.Array:
     return basis * real[:, None].astype(dtype)
 
 
+#: Range of the ``bond_basis`` Gaussians: edge length over the sum of covalent radii.
+_BOND_RANGE = (0.6, 2.6)
+
+
+def bond_features(inputs: dict[str, jax.Array], length: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """``(E, bond_basis)`` Gaussian basis of each edge's length over the sum of its atoms'
+    covalent radii (Cordero 2008, the element table of :mod:`e3elastic.network.elements`;
+    1.5 Angstrom where unknown). Invariant under rotations, like the length itself."""
+    from .elements import covalent_radii
+
+    radii = jnp.asarray(covalent_radii()[: cfg.n_species], length.dtype)
+    species = inputs["species"]
+    total = radii[species[inputs["senders"]]] + radii[species[inputs["receivers"]]]
+    ratio = length / total
+    lo, hi = _BOND_RANGE
+    centres = jnp.linspace(lo, hi, cfg.bond_basis, dtype=length.dtype)
+    width = (hi - lo) / max(cfg.bond_basis - 1, 1)
+    return jnp.exp(-0.5 * jnp.square((ratio[:, None] - centres[None, :]) / width))
+
+
 class SpeciesEmbedding(nn.Module):
     """Initial atom scalars ``(N, n_scalar)`` from species (and level of theory)."""
 
@@ -330,9 +350,11 @@ class ElasticityNet(nn.Module):
         vec = edge_vectors(inputs)  # (E, 3)
         length = jnp.linalg.norm(vec, axis=-1)  # (E,), padding edges >= 2 * cutoff
         x = length / cfg.cutoff
-        radial = (
-            e3nn.bessel(length, cfg.n_radial, cfg.cutoff) * envelope(x, cfg.envelope_p)[:, None]
-        )  # (E, n_radial); exactly 0 beyond the cutoff (padding edges included)
+        env = envelope(x, cfg.envelope_p)[:, None]
+        radial = e3nn.bessel(length, cfg.n_radial, cfg.cutoff) * env
+        # (E, n_radial); exactly 0 beyond the cutoff (padding edges included)
+        if cfg.bond_basis:
+            radial = jnp.concatenate([radial, bond_features(inputs, length, cfg) * env], -1)
         sh = e3nn.spherical_harmonics(
             e3nn.Irreps.spherical_harmonics(cfg.sh_lmax),
             e3nn.IrrepsArray("1o", vec),
