@@ -113,11 +113,18 @@ def main() -> int:
     split = info.get("split", {})
     timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines()]
     minutes = sum(t["seconds"] for t in timing) / 60
+    bond = int(cfg["model"].get("bond_basis", 0))
+    radial = (
+        f"; the radial weights also see each edge's length over the sum of its atoms' covalent "
+        f"radii ({bond} Gaussians, `model.bond_basis`)"
+        if bond
+        else ""
+    )
     readme = f"""# Shipped model `{args.name}`
 
 E(3)-equivariant network (`e3elastic.network.model.ElasticityNet`, config `{cfg.get("name")}`:
 {cfg["model"]["n_layers"]} interaction blocks, hidden irreps `{cfg["model"]["hidden_irreps"]}`,
-spherical harmonics to l = {cfg["model"]["sh_lmax"]}, cutoff {cfg["model"]["cutoff"]} Å).
+spherical harmonics to l = {cfg["model"]["sh_lmax"]}, cutoff {cfg["model"]["cutoff"]} Å{radial}).
 
 - **Training data:** every label of `../shared/data` (subset `{cfg["data"]["subset"]}`): the PBE
   tensors (Materials Project via matminer 2015, StrainNet's MP validation split, ElaTBot's newer
