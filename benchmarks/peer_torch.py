@@ -76,21 +76,44 @@ class TorchRadialBasis(torch.nn.Module):
         self.p = int(p)
         self.register_buffer("n", torch.arange(1, n_radial + 1, dtype=torch.float32))
 
-    def forward(self, length):
-        c, p = self.cutoff, self.p
-        r = length[:, None]
-        r_safe = torch.where(r == 0.0, torch.ones_like(r), r)
-        k = self.n * (math.pi / c)
-        bessel = math.sqrt(2.0 / c) * torch.where(r == 0.0, k, torch.sin(k * r_safe) / r_safe)
-        x = length / c
+    def envelope(self, length):
+        p, x = self.p, length / self.cutoff
         u = (
             1.0
             - (p + 1) * (p + 2) / 2 * x**p
             + p * (p + 2) * x ** (p + 1)
             - p * (p + 1) / 2 * x ** (p + 2)
         )
-        envelope = torch.where(x < 1.0, u, torch.zeros_like(u))
-        return bessel * envelope[:, None]
+        return torch.where(x < 1.0, u, torch.zeros_like(u))
+
+    def forward(self, length):
+        c = self.cutoff
+        r = length[:, None]
+        r_safe = torch.where(r == 0.0, torch.ones_like(r), r)
+        k = self.n * (math.pi / c)
+        bessel = math.sqrt(2.0 / c) * torch.where(r == 0.0, k, torch.sin(k * r_safe) / r_safe)
+        return bessel * self.envelope(length)[:, None]
+
+
+class TorchBondBasis(torch.nn.Module):
+    """Gaussians of edge length over the sum of covalent radii, ``(E,) -> (E, n)``; mirrors
+    ``e3elastic.network.model.bond_features`` (before the envelope)."""
+
+    def __init__(self, n: int, n_species: int):
+        from e3elastic.network.elements import covalent_radii
+        from e3elastic.network.model import _BOND_RANGE
+
+        super().__init__()
+        lo, hi = _BOND_RANGE
+        radii = np.asarray(covalent_radii()[:n_species], np.float32)
+        self.register_buffer("radii", torch.from_numpy(radii.copy()))
+        self.register_buffer("centres", torch.linspace(lo, hi, n, dtype=torch.float32))
+        self.width = (hi - lo) / max(n - 1, 1)
+
+    def forward(self, length, species, senders, receivers):
+        total = self.radii[species[senders]] + self.radii[species[receivers]]
+        ratio = length / total
+        return torch.exp(-0.5 * ((ratio[:, None] - self.centres[None, :]) / self.width) ** 2)
 
 
 class TorchRadialMLP(torch.nn.Module):
@@ -398,6 +421,9 @@ class TorchElasticityNet(torch.nn.Module):
         n_scalar = sum(m for m, ir in hidden if ir == o3.Irrep("0e"))
         self.species = TorchSpeciesEmbedding(config, n_scalar)
         self.radial_basis = TorchRadialBasis(config.n_radial, config.cutoff, config.envelope_p)
+        self.bond_basis = (
+            TorchBondBasis(config.bond_basis, config.n_species) if config.bond_basis else None
+        )
         self.sh = o3.SphericalHarmonics(
             o3.Irreps.spherical_harmonics(config.sh_lmax), normalize=True, normalization="component"
         )
@@ -412,7 +438,7 @@ class TorchElasticityNet(torch.nn.Module):
                     irreps,
                     layer,
                     config.sh_lmax,
-                    config.n_radial,
+                    config.n_radial + config.bond_basis,
                     tuple(config.radial_hidden),
                     config.avg_num_neighbors,
                 )
@@ -427,7 +453,11 @@ class TorchElasticityNet(torch.nn.Module):
         lattice = inputs["lattice"][inputs["edge_graph"]]
         shift = torch.einsum("ei,eij->ej", inputs["cell_shifts"].to(pos.dtype), lattice)
         vec = pos[receivers] - pos[senders] + shift
-        radial = self.radial_basis(torch.linalg.norm(vec, dim=-1))
+        length = torch.linalg.norm(vec, dim=-1)
+        radial = self.radial_basis(length)
+        if self.bond_basis is not None:
+            bond = self.bond_basis(length, inputs["species"], senders, receivers)
+            radial = torch.cat([radial, bond * self.radial_basis.envelope(length)[:, None]], -1)
         sh = self.sh(vec)
         h = self.species(inputs).to(pos.dtype)
         for block in self.interactions:

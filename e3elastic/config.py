@@ -391,11 +391,15 @@ _RECIPE = {
 
 def default() -> Config:
     """The CPU-sized default: 2 interaction blocks, l_max 4, hidden irreps
-    ``64x0e+16x1o+16x2e+8x3o+8x4e``, radial MLP [64], log head, trained on PBE and B3LYP-D2
-    data together (see ``_RECIPE``)."""
+    ``64x0e+16x1o+16x2e+8x3o+8x4e``, radial MLP [64] on the Bessel basis and 8 Gaussians of
+    length over the sum of covalent radii (``bond_basis``), log head, trained on PBE and
+    B3LYP-D2 data together (see ``_RECIPE``)."""
     return Config(
         model=ModelConfig(
-            hidden_irreps="64x0e+16x1o+16x2e+8x3o+8x4e", radial_hidden=(64,), **_PHYSICS
+            hidden_irreps="64x0e+16x1o+16x2e+8x3o+8x4e",
+            radial_hidden=(64,),
+            bond_basis=8,
+            **_PHYSICS,
         ),
         data=DataConfig(subset="all", max_sites=420),
         train=TrainConfig(**_RECIPE),

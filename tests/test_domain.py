@@ -230,13 +230,20 @@ def test_contact_ranges_from_training_crystals_flag_strain():
     assert domain.structure_warnings(s, graph(s), few) == []  # 2 crystals: not judged
 
 
+#: Codes that a case may add depending on how far the model extrapolates: rock salt at 0.343 of
+#: its volume is predicted at K 583 GPa by the shipped `default` (156 by the one before it), so
+#: whether it also crosses 1.15 x diamond's K is the model's extrapolation, not the geometry.
+MODEL_DEPENDENT = {"NaCl compressed to 0.7 a": {"stiffer-than-diamond"}}
+
+
 def test_out_of_domain_inputs_raise_exactly_their_warnings(model):
     cases = _cases()
     results = e3elastic.predict([s for s, _ in cases.values()], model=model)
     for (name, (_, want)), r in zip(cases.items(), results, strict=True):
         assert r["error"] is None, name
-        assert _codes(r) == want, (name, r["warnings"])
-        assert len(r["warnings"]) == len(want)  # one line per code
+        codes = _codes(r)
+        assert want <= codes <= want | MODEL_DEPENDENT.get(name, set()), (name, r["warnings"])
+        assert len(r["warnings"]) == len(codes)  # one line per code
         assert all(": " in w for w in r["warnings"])
 
 
@@ -311,9 +318,9 @@ def test_test_split_warnings_are_the_documented_ones(model, data_folder):
     # listed above is predicted without a warning
     test_ids = set(model.info["split"]["test"])
     records = [r for r in model_records(model, data_folder) if r.id in test_ids]
-    # the data still hold every test crystal but the binary GeTe mp-2612, since dropped as a
-    # duplicate of the GeTe tensor mp-938 (docs/data.md)
-    assert test_ids - {r.id for r in records} == {"mp-2612"}
+    # the data still hold every test crystal but the binary GeTe mp-2612 (in the splits of
+    # bundles trained before it was dropped as a duplicate of the GeTe tensor mp-938)
+    assert test_ids - {r.id for r in records} <= {"mp-2612"}
     results = e3elastic.predict([r.structure for r in records], model=model)
     warned = {r.id: _codes(p) for r, p in zip(records, results, strict=True) if p["warnings"]}
     assert warned == WARNED_TEST_CRYSTALS

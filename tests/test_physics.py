@@ -98,9 +98,9 @@ def test_unseen_crystals_are_absent_from_the_training_data(model, data_folder):
     seen = {i for part in model.info["split"].values() for i in part}
     records = model_records(model, data_folder)
     formulas = {r.formula for r in records if r.id in seen}
-    # every crystal it saw is found, but the test binary GeTe mp-2612, since dropped as a
-    # duplicate of the GeTe tensor mp-938 (docs/data.md)
-    assert seen - {r.id for r in records} == {"mp-2612"}
+    # every crystal it saw is found, but the test binary GeTe mp-2612 (in the splits of bundles
+    # trained before it was dropped as a duplicate of the GeTe tensor mp-938, docs/data.md)
+    assert seen - {r.id for r in records} <= {"mp-2612"}
     assert not set(unseen_crystals()) & formulas
 
 
